@@ -1,0 +1,1 @@
+"""`sftd`, the server agent: enrollment, accounts, sshd wiring, the broker's control channel."""

@@ -1,0 +1,1 @@
+"""`sft`, the command people use: enroll, list servers, ssh, rdp. Never imports services."""

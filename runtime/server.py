@@ -1,0 +1,181 @@
+"""Boot a grpc.aio server the way every sft service runs: TLS, interceptor, health,
+reflection, metrics, and a graceful stop on SIGTERM.
+
+Services contribute `ServiceBinding`s; this module never knows which services exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runtime.identity import Authenticator
+from runtime.interceptors import ServerCallInterceptor
+from runtime.metrics import MetricsEndpoint
+from runtime.tls import TLSFiles
+
+__all__ = ["Endpoint", "ListenError", "PlatformServer", "ServiceBinding", "parse_endpoint"]
+
+log = structlog.get_logger("sft.server")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class ListenError(Exception):
+    """The server could not listen where it was asked to."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A host and port to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse HOST:PORT or [IPV6]:PORT, raising ValueError with the expected form."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8443 or [::1]:8443)")
+    host = host.removeprefix("[").removesuffix("]")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return Endpoint(host, port)
+
+
+def check_port_free(endpoint: Endpoint) -> None:
+    """Raise ListenError if `endpoint` cannot be bound (taken, or not an address here)."""
+    try:
+        infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise ListenError(f"cannot listen on {endpoint}: unknown host {endpoint.host!r}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ListenError(
+                    f"cannot listen on {endpoint}: the address is already in use; "
+                    "stop the other process or choose another address"
+                ) from None
+            raise ListenError(f"cannot listen on {endpoint}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """What one service contributes to a server."""
+
+    name: str
+    #: Full gRPC service names, e.g. "sft.ca.v1.CertificateAuthorityService".
+    grpc_services: tuple[str, ...]
+    register: Callable[[grpc.aio.Server], None]
+
+
+class PlatformServer:
+    """One gRPC server hosting some services, with health, reflection and metrics."""
+
+    def __init__(
+        self,
+        bindings: Sequence[ServiceBinding],
+        listen: Endpoint,
+        tls: TLSFiles,
+        *,
+        authenticate: Authenticator | None = None,
+        metrics_listen: Endpoint | None = None,
+        grace_seconds: float = 10.0,
+    ) -> None:
+        self._bindings = list(bindings)
+        self._listen = listen
+        self._tls = tls
+        self._metrics_listen = metrics_listen
+        self._grace_seconds = grace_seconds
+        self._health = health.aio.HealthServicer()
+        self._metrics: MetricsEndpoint | None = None
+        self._server = grpc.aio.server(
+            interceptors=[ServerCallInterceptor(authenticate)],
+            options=[
+                # gRPC sets SO_REUSEPORT by default: a second server on the same port
+                # would silently share it instead of failing.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        self.port = 0
+
+    @property
+    def grpc_services(self) -> list[str]:
+        """Return the full names of every application service hosted here."""
+        return [name for binding in self._bindings for name in binding.grpc_services]
+
+    async def start(self) -> None:
+        """Bind, register everything and start serving."""
+        for binding in self._bindings:
+            binding.register(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [*self.grpc_services, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
+        )
+        cert, key, ca = self._tls.read()
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=False
+        )
+        check_port_free(self._listen)
+        try:
+            self.port = self._server.add_secure_port(str(self._listen), credentials)
+        except RuntimeError:
+            raise ListenError(f"cannot listen on {self._listen}") from None
+        if self._metrics_listen is not None:
+            check_port_free(self._metrics_listen)
+            self._metrics = MetricsEndpoint(self._metrics_listen.host, self._metrics_listen.port)
+        await self._server.start()
+        for name in ["", *self.grpc_services]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            address=str(Endpoint(self._listen.host, self.port)),
+            services=[b.name for b in self._bindings],
+            metrics=str(self._metrics_listen) if self._metrics_listen else None,
+        )
+
+    async def stop(self) -> None:
+        """Report NOT_SERVING, let calls in flight finish (bounded), then close."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self._grace_seconds)
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        try:
+            await self.start()
+            await stopping.wait()
+            log.info("shutting down", grace_seconds=self._grace_seconds)
+        finally:
+            await self.stop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)

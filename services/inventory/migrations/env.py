@@ -1,0 +1,8 @@
+"""Alembic environment for the inventory service's own migration history."""
+
+from alembic import context
+
+from runtime.migrations import run_service_env
+from services.inventory.models import Base
+
+run_service_env(context.config, Base.metadata)
