@@ -55,14 +55,34 @@ def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
     return "unary"
 
 
-class _Call:
-    """Book-keeping for one RPC: labels, start time and final status."""
+class _Method:
+    """What is fixed per RPC method: its names and its metric children (looked up once)."""
 
     def __init__(self, full_method: str, rpc_type: str) -> None:
         _, _, rest = full_method.partition("/")
-        self.service, _, self.method = rest.partition("/")
+        service, _, method = rest.partition("/")
         self.full_method = full_method
-        self.rpc_type = rpc_type
+        self.labels = (rpc_type, service, method)
+        self.quiet = full_method.startswith(_QUIET_PREFIXES)
+        self.started = RPC_STARTED.labels(*self.labels)
+        self.in_flight = RPC_IN_FLIGHT.labels(service, method)
+        self.seconds = RPC_HANDLING_SECONDS.labels(*self.labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        """Return the handled-total counter child for `code`."""
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = RPC_HANDLED.labels(*self.labels, code.name)
+        return child
+
+
+class _Call:
+    """Book-keeping for one RPC: its method, start time and final status."""
+
+    def __init__(self, method: _Method) -> None:
+        self.method = method
+        self.full_method = method.full_method
         self.code = grpc.StatusCode.OK
         self.error: str | None = None
         self.started = time.perf_counter()
@@ -73,6 +93,8 @@ class ServerCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, authenticate: Authenticator | None = None) -> None:
         self._authenticate = authenticate
+        # Wrapped handlers per method: grpc asks for a handler on every call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> Identity:
         if self._authenticate is None:
@@ -87,9 +109,9 @@ class ServerCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             request_id=request_id, method=call.full_method, peer=context.peer()
         )
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-        labels = (call.rpc_type, call.service, call.method)
-        RPC_STARTED.labels(*labels).inc()
-        RPC_IN_FLIGHT.labels(call.service, call.method).inc()
+        method = call.method
+        method.started.inc()
+        method.in_flight.inc()
         token = None
         try:
             identity = await self._identify(context)
@@ -118,10 +140,10 @@ class ServerCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
         finally:
             elapsed = time.perf_counter() - call.started
-            RPC_IN_FLIGHT.labels(call.service, call.method).dec()
-            RPC_HANDLED.labels(*labels, call.code.name).inc()
-            RPC_HANDLING_SECONDS.labels(*labels).observe(elapsed)
-            quiet = call.full_method.startswith(_QUIET_PREFIXES) and call.code is grpc.StatusCode.OK
+            method.in_flight.dec()
+            method.handled(call.code).inc()
+            method.seconds.observe(elapsed)
+            quiet = method.quiet and call.code is grpc.StatusCode.OK
             (log.debug if quiet else log.info)(
                 "rpc", code=call.code.name, duration_ms=round(elapsed * 1000, 2), error=call.error
             )
@@ -129,7 +151,7 @@ class ServerCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 current_identity.reset(token)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
-        rpc_type = _rpc_type(handler)
+        method = _Method(full_method, _rpc_type(handler))
         scope = self._scope
 
         if not handler.response_streaming:
@@ -138,7 +160,7 @@ class ServerCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with scope(_Call(full_method, rpc_type), context):
+                async with scope(_Call(method), context):
                     result = behavior(request, context)
                     return await result if inspect.isawaitable(result) else result
 
@@ -160,7 +182,7 @@ class ServerCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def streaming_response(
             request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            async with scope(_Call(full_method, rpc_type), context):
+            async with scope(_Call(method), context):
                 async for response in streaming(request, context):
                     yield response
 
@@ -181,7 +203,11 @@ class ServerCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         """Wrap the method handler grpc found for this call."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        return self._wrap(handler, handler_call_details.method)
+        full_method = handler_call_details.method
+        wrapped = self._wrapped.get(full_method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[full_method] = self._wrap(handler, full_method)
+        return wrapped

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import importlib
+import pkgutil
 import signal
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -77,6 +80,12 @@ def check_port_free(endpoint: Endpoint) -> None:
             raise ListenError(f"cannot listen on {endpoint}: {exc.strerror}") from None
 
 
+def _add_servicer(
+    add: Callable[[object, grpc.aio.Server], None], servicer: object, server: grpc.aio.Server
+) -> None:
+    add(servicer, server)
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """What one service contributes to a server."""
@@ -85,6 +94,39 @@ class ServiceBinding:
     #: Full gRPC service names, e.g. "sft.ca.v1.CertificateAuthorityService".
     grpc_services: tuple[str, ...]
     register: Callable[[grpc.aio.Server], None]
+
+    @classmethod
+    def from_package(
+        cls, name: str, package: str, implementations: Mapping[str, object]
+    ) -> ServiceBinding:
+        """Bind every gRPC service generated into `package` (e.g. "sft.ca.v1").
+
+        `implementations` maps a service's short name to its servicer; a service with
+        none gets the generated base servicer, whose RPCs answer UNIMPLEMENTED, so the
+        whole contract is visible through reflection from the first version.
+        """
+        root = importlib.import_module(package)
+        adders: list[Callable[[grpc.aio.Server], None]] = []
+        full_names: list[str] = []
+        remaining = dict(implementations)
+        for info in sorted(pkgutil.iter_modules(root.__path__), key=lambda i: i.name):
+            if not info.name.endswith("_pb2_grpc"):
+                continue
+            stubs = importlib.import_module(f"{package}.{info.name}")
+            messages = importlib.import_module(f"{package}.{info.name.removesuffix('_grpc')}")
+            for short, descriptor in messages.DESCRIPTOR.services_by_name.items():
+                servicer = remaining.pop(short, None) or getattr(stubs, f"{short}Servicer")()
+                add = getattr(stubs, f"add_{short}Servicer_to_server")
+                adders.append(functools.partial(_add_servicer, add, servicer))
+                full_names.append(descriptor.full_name)
+        if remaining:
+            raise ValueError(f"{package} has no service named {', '.join(sorted(remaining))}")
+
+        def register(server: grpc.aio.Server) -> None:
+            for adder in adders:
+                adder(server)
+
+        return cls(name, tuple(full_names), register)
 
 
 class PlatformServer:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import asyncpg
 import pytest
 
+from runtime.database import default_sqlite_url
 from tests.support.postgres import PostgresServer, postgres_server
 
 
@@ -18,16 +20,28 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
 
 
-@pytest.fixture
-async def postgres_url(postgres: PostgresServer) -> AsyncIterator[str]:
-    """A fresh, empty database on the throwaway server; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(
+async def _admin(postgres: PostgresServer, statement: str) -> None:
+    conn = await asyncpg.connect(
         host="127.0.0.1", port=postgres.port, user=postgres.user, database="postgres"
     )
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield postgres.url(name)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await conn.execute(statement)
     finally:
-        await admin.close()
+        await conn.close()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the throwaway server; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(postgres, f'CREATE DATABASE "{name}"'))
+    yield postgres.url(name)
+    asyncio.run(_admin(postgres, f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh database URL, once for SQLite and once for PostgreSQL."""
+    if request.param == "sqlite":
+        return default_sqlite_url(tmp_path_factory.mktemp("sqlite"))
+    return str(request.getfixturevalue("postgres_url"))

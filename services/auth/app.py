@@ -1,0 +1,19 @@
+"""How the auth service plugs into a platform server: its migrations and its servicers."""
+
+from __future__ import annotations
+
+from runtime.database import Database
+from runtime.migrations import MigrationHistory
+from runtime.server import ServiceBinding
+
+__all__ = ["HISTORY", "binding"]
+
+HISTORY = MigrationHistory(
+    service="auth", script_location="services.auth:migrations", table_prefix="auth_"
+)
+
+
+def binding(database: Database) -> ServiceBinding:
+    """Return the auth service's gRPC services, bound to `database`."""
+    # RPCs without an implementation yet answer UNIMPLEMENTED (see ServiceBinding).
+    return ServiceBinding.from_package("auth", "sft.auth.v1", implementations={})
