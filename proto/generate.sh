@@ -33,9 +33,16 @@ fi
 TMP="$(mktemp -d .sft-gen.XXXXXX)"
 trap 'rm -rf "$TMP"' EXIT
 
-# mypy-protobuf: `only_async` types the gRPC stubs and servicers for grpc.aio
-# (async def servicer methods, grpc.aio.ServicerContext, stubs over a
-# grpc.aio.Channel) -- every sft component runs on grpc.aio.
+# mypy-protobuf options (it matches them as substrings of the parameter):
+#   only_async  types stubs and servicers for grpc.aio only (async def servicer
+#               methods, grpc.aio.ServicerContext, stubs over a grpc.aio.Channel);
+#               every sft component runs on grpc.aio. (Its README spells it
+#               `async_only`, which the 5.1.0 code does not recognise.)
+#   generate_concrete_servicer_stubs
+#               servicer methods are not abstract in the stubs, matching the
+#               generated base classes, whose unimplemented RPCs answer
+#               UNIMPLEMENTED: a servicer may implement a contract partially.
+#   quiet       no "Writing mypy to ..." lines.
 "$PYTHON" -m grpc_tools.protoc \
   -I proto \
   -I "$WKT_INCLUDE" \
@@ -43,8 +50,8 @@ trap 'rm -rf "$TMP"' EXIT
   --plugin=protoc-gen-mypy_grpc="$BIN_DIR/protoc-gen-mypy_grpc" \
   --python_out="$TMP" \
   --grpc_python_out="$TMP" \
-  --mypy_out="$TMP" \
-  --mypy_grpc_out=only_async:"$TMP" \
+  --mypy_out=quiet:"$TMP" \
+  --mypy_grpc_out=only_async,generate_concrete_servicer_stubs,quiet:"$TMP" \
   "${PROTOS[@]/#/proto/}"
 
 # Make every generated directory a regular package.

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.agent.v1 import agent_control_service_pb2 as _agent_control_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -43,7 +42,7 @@ class AgentControlServiceStub:
     GetStatus: _aio.UnaryUnaryMultiCallable[_agent_control_service_pb2.GetStatusRequest, _agent_control_service_pb2.GetStatusResponse]
     """Returns the agent's state, for `sftd status`."""
 
-class AgentControlServiceServicer(metaclass=_abc_1.ABCMeta):
+class AgentControlServiceServicer:
     """AgentControlService is the agent's local-only control channel: the broker
     asks it to enable and disable accounts, and `sftd status` reads its state.
 
@@ -58,7 +57,6 @@ class AgentControlServiceServicer(metaclass=_abc_1.ABCMeta):
     disabled.
     """
 
-    @_abc_1.abstractmethod
     def EnableAccount(
         self,
         request: _agent_control_service_pb2.EnableAccountRequest,
@@ -71,7 +69,6 @@ class AgentControlServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION when it is listed but in conflict (not managed).
         """
 
-    @_abc_1.abstractmethod
     def DisableAccount(
         self,
         request: _agent_control_service_pb2.DisableAccountRequest,
@@ -82,7 +79,6 @@ class AgentControlServiceServicer(metaclass=_abc_1.ABCMeta):
         password is dead. Idempotent: an unknown grant id succeeds.
         """
 
-    @_abc_1.abstractmethod
     def GetStatus(
         self,
         request: _agent_control_service_pb2.GetStatusRequest,

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.auth.v1 import access_service_pb2 as _access_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -28,12 +27,11 @@ class AccessServiceStub:
     broker.
     """
 
-class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
+class AccessServiceServicer:
     """AccessService issues short-lived credentials for one server. Callers: users
     (on a device) and service users.
     """
 
-    @_abc_1.abstractmethod
     def IssueCredentials(
         self,
         request: _access_service_pb2.IssueCredentialsRequest,

@@ -173,8 +173,9 @@ class AuditEvent(_message.Message):
     contiguous (no gaps).
     """
     actor: _builtins.str
-    """Resource name of who acted (user, server, or the device for a person);
-    empty for ANONYMOUS and PLATFORM.
+    """Resource name of who acted: the user (`teams/{team}/users/{user}`) for
+    USER and SERVICE_USER (the device or API key goes in details), the server
+    for SERVER; empty for ANONYMOUS and PLATFORM.
     """
     actor_kind: Global___ActorKind.ValueType
     """What kind of principal acted."""
@@ -208,8 +209,8 @@ class AuditEvent(_message.Message):
 
     @_builtins.property
     def details(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Extra facts, e.g. `reason` (for DENIED and FAILED), `serial`, `account`,
-        `grant_id`. At most 32 entries; keys at most 64 characters, values at most
+        """Extra facts, e.g. `reason` (for DENIED and FAILED), `device`,
+        `service_user_key`, `serial`, `account`, `grant_id`. At most 32 entries; keys at most 64 characters, values at most
         1024. Never secrets.
         """
 

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.auth.v1 import audit_service_pb2 as _audit_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -28,12 +27,11 @@ class AuditServiceStub:
     own server (actor and actor_kind are then forced to the server).
     """
 
-class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
+class AuditServiceServicer:
     """AuditService keeps each team's tamper-evident audit log. Team admins list
     and verify.
     """
 
-    @_abc_1.abstractmethod
     def ListAuditEvents(
         self,
         request: _audit_service_pb2.ListAuditEventsRequest,
@@ -41,7 +39,6 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_audit_service_pb2.ListAuditEventsResponse]:
         """Lists a team's audit events."""
 
-    @_abc_1.abstractmethod
     def VerifyAuditChain(
         self,
         request: _audit_service_pb2.VerifyAuditChainRequest,
@@ -49,7 +46,6 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_audit_service_pb2.VerifyAuditChainResponse]:
         """Recomputes the team's hash chain and reports the first break, if any."""
 
-    @_abc_1.abstractmethod
     def CreateAuditEvent(
         self,
         request: _audit_service_pb2.CreateAuditEventRequest,

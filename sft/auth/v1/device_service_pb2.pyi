@@ -34,7 +34,7 @@ class EnrollDeviceRequest(_message.Message):
     team: _builtins.str
     """Required. Team resource name: `teams/{team}`."""
     code: _builtins.str
-    """Required. The enrollment code (`sftc1.<secret>.<ca_sha256>`, see
+    """Required. The enrollment code (`sftc1_<secret>_<ca_sha256>`, see
     EnrollmentCode). Single use. Never logged.
     """
     public_key: _builtins.str

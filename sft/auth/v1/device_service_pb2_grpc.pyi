@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.auth.v1 import device_service_pb2 as _device_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -31,12 +30,11 @@ class DeviceServiceStub:
     caller's own device.
     """
 
-class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
+class DeviceServiceServicer:
     """DeviceService enrolls and manages client devices. A user lists and revokes
     its own devices; team admins any in the team.
     """
 
-    @_abc_1.abstractmethod
     def EnrollDevice(
         self,
         request: _device_service_pb2.EnrollDeviceRequest,
@@ -47,7 +45,6 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
         expired or for another team.
         """
 
-    @_abc_1.abstractmethod
     def ListDevices(
         self,
         request: _device_service_pb2.ListDevicesRequest,
@@ -55,7 +52,6 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_device_service_pb2.ListDevicesResponse]:
         """Lists devices, newest first."""
 
-    @_abc_1.abstractmethod
     def RevokeDevice(
         self,
         request: _device_service_pb2.RevokeDeviceRequest,

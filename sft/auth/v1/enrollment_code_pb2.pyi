@@ -24,15 +24,16 @@ class EnrollmentCode(_message.Message):
     `sft-platform init`. The code string itself is shown once, at creation
     (CreateEnrollmentCodeResponse.code); the platform stores only its hash.
 
-    Code string format: `sftc1.<secret>.<ca_sha256>`
+    Code string format: `sftc1_<secret>_<ca_sha256>` (runtime/pinned_codes.py)
       `sftc1`      format marker (version 1 of the device enrollment code);
-      <secret>     43 characters of unpadded base64url (32 random bytes);
-      <ca_sha256>  64 lowercase hex characters: SHA-256 of the DER encoding of
-                   the platform's TLS CA certificate.
+      <secret>     20 random bytes, lowercase base32 without padding (32
+                   characters);
+      <ca_sha256>  SHA-256 of the DER encoding of the platform's TLS CA
+                   certificate, lowercase base32 without padding (52 characters).
     The client pins the platform with <ca_sha256> before sending anything: it
     refuses the connection unless the platform's TLS chain verifies to a CA
     certificate with that hash (no trust-on-first-use prompt). The platform
-    looks codes up by the SHA-256 of <secret>.
+    stores, and looks codes up by, the hex SHA-256 of the <secret> bytes.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

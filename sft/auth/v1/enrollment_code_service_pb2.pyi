@@ -30,7 +30,7 @@ class CreateEnrollmentCodeRequest(_message.Message):
     `teams/{team}/users/{user}`.
     """
     ttl_seconds: _builtins.int
-    """Lifetime in seconds, 1 to 604800 (7 days); 0 means 86400 (one day)."""
+    """Lifetime in seconds, 60 to 604800 (7 days); 0 means 86400 (one day)."""
     def __init__(
         self,
         *,
@@ -54,7 +54,7 @@ class CreateEnrollmentCodeResponse(_message.Message):
     ENROLLMENT_CODE_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """The code string (`sftc1.<secret>.<ca_sha256>`, see EnrollmentCode), for
+    """The code string (`sftc1_<secret>_<ca_sha256>`, see EnrollmentCode), for
     `sft enroll --code`. Shown only here; never logged.
     """
     @_builtins.property

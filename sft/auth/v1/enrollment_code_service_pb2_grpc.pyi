@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.auth.v1 import enrollment_code_service_pb2 as _enrollment_code_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -23,12 +22,11 @@ class EnrollmentCodeServiceStub:
     unused code: creating one voids the user's earlier unused codes.
     """
 
-class EnrollmentCodeServiceServicer(metaclass=_abc_1.ABCMeta):
+class EnrollmentCodeServiceServicer:
     """EnrollmentCodeService issues one-time device enrollment codes. Team admins
     only.
     """
 
-    @_abc_1.abstractmethod
     def CreateEnrollmentCode(
         self,
         request: _enrollment_code_service_pb2.CreateEnrollmentCodeRequest,

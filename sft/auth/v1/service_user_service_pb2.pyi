@@ -168,8 +168,9 @@ class CreateServiceUserKeyResponse(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     secret: _builtins.str
-    """The key secret: 43 characters of unpadded base64url (32 random bytes).
-    Shown only here; never logged.
+    """The key secret: an opaque string of at most 128 characters (at least 160
+    random bits). Shown only here; never logged. The platform stores only its
+    hex SHA-256.
     """
     @_builtins.property
     def key(self) -> _service_user_pb2.ServiceUserKey:

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.auth.v1 import service_user_service_pb2 as _service_user_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -29,12 +28,11 @@ class ServiceUserServiceStub:
     within 30 seconds.
     """
 
-class ServiceUserServiceServicer(metaclass=_abc_1.ABCMeta):
+class ServiceUserServiceServicer:
     """ServiceUserService manages service users and their API keys. Team admins
     only.
     """
 
-    @_abc_1.abstractmethod
     def CreateServiceUser(
         self,
         request: _service_user_service_pb2.CreateServiceUserRequest,
@@ -42,7 +40,6 @@ class ServiceUserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_service_user_service_pb2.CreateServiceUserResponse]:
         """Creates a service user (and its backing inventory user)."""
 
-    @_abc_1.abstractmethod
     def ListServiceUsers(
         self,
         request: _service_user_service_pb2.ListServiceUsersRequest,
@@ -50,7 +47,6 @@ class ServiceUserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_service_user_service_pb2.ListServiceUsersResponse]:
         """Lists a team's service users, ordered by id."""
 
-    @_abc_1.abstractmethod
     def CreateServiceUserKey(
         self,
         request: _service_user_service_pb2.CreateServiceUserKeyRequest,
@@ -58,7 +54,6 @@ class ServiceUserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_service_user_service_pb2.CreateServiceUserKeyResponse]:
         """Creates an API key and returns its secret, once."""
 
-    @_abc_1.abstractmethod
     def DeleteServiceUserKey(
         self,
         request: _service_user_service_pb2.DeleteServiceUserKeyRequest,

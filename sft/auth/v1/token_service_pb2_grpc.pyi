@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.auth.v1 import token_service_pb2 as _token_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -36,7 +35,7 @@ class TokenServiceStub:
     seconds).
     """
 
-class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
+class TokenServiceServicer:
     """TokenService mints and checks short-lived bearer access tokens. Callers send
     a token as `authorization: Bearer <access_token>` metadata on every other
     platform RPC. Tokens are opaque strings of at most 4096 characters; their
@@ -44,7 +43,6 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     gets a new one rather than refreshing.
     """
 
-    @_abc_1.abstractmethod
     def CreateAccessToken(
         self,
         request: _token_service_pb2.CreateAccessTokenRequest,
@@ -54,7 +52,6 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         access token. Unauthenticated: the assertion is the proof.
         """
 
-    @_abc_1.abstractmethod
     def CreateServiceUserToken(
         self,
         request: _token_service_pb2.CreateServiceUserTokenRequest,
@@ -64,7 +61,6 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         Unauthenticated: the secret is the proof.
         """
 
-    @_abc_1.abstractmethod
     def VerifyAccessToken(
         self,
         request: _token_service_pb2.VerifyAccessTokenRequest,

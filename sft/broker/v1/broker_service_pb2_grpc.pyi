@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.broker.v1 import broker_service_pb2 as _broker_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -72,7 +71,7 @@ class BrokerServiceStub:
     only the grant's own user may release it.
     """
 
-class BrokerServiceServicer(metaclass=_abc_1.ABCMeta):
+class BrokerServiceServicer:
     """BrokerService runs on the target server (started by sftd) and tunnels RDP.
 
     Transport: gRPC over mutually authenticated TLS (1.2 minimum), port 4421 by
@@ -87,7 +86,6 @@ class BrokerServiceServicer(metaclass=_abc_1.ABCMeta):
     server (PERMISSION_DENIED otherwise).
     """
 
-    @_abc_1.abstractmethod
     def RequestAccess(
         self,
         request: _broker_service_pb2.RequestAccessRequest,
@@ -100,7 +98,6 @@ class BrokerServiceServicer(metaclass=_abc_1.ABCMeta):
         the agent cannot be reached.
         """
 
-    @_abc_1.abstractmethod
     def Tunnel(
         self,
         request_iterator: _abc.AsyncIterator[_broker_service_pb2.TunnelRequest],
@@ -137,7 +134,6 @@ class BrokerServiceServicer(metaclass=_abc_1.ABCMeta):
         8. A grant's end does not cut open tunnels; it stops new ones.
         """
 
-    @_abc_1.abstractmethod
     def ReleaseAccess(
         self,
         request: _broker_service_pb2.ReleaseAccessRequest,

@@ -245,9 +245,10 @@ Global___UserCertificateExtensions: _TypeAlias = UserCertificateExtensions  # no
 @_typing.final
 class SignUserCertificateRequest(_message.Message):
     """Request for SignUserCertificate. The certificate's key id is
-    `user=<user>,device=<device>,request=<request_id>` (`device=-` when no
-    device), so sshd's log line names who logged in, from where, and which
-    request issued the certificate.
+    `user=<user>,device=<device>,request=<request_id>`, where <user> is the user
+    resource name and <device> the device id (`-` when there is none), so sshd's
+    log line names who logged in, from which device, and which request issued
+    the certificate.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -372,7 +373,8 @@ Global___SignUserCertificateResponse: _TypeAlias = SignUserCertificateResponse  
 @_typing.final
 class SignHostCertificateRequest(_message.Message):
     """Request for SignHostCertificate. The certificate's key id is
-    `server=<server>,request=<request_id>`.
+    `server=<server>,request=<request_id>`, where <server> is the server
+    resource name.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.ca.v1 import ca_service_pb2 as _ca_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -49,7 +48,7 @@ class CertificateAuthorityServiceStub:
     ListIssuances: _aio.UnaryUnaryMultiCallable[_ca_service_pb2.ListIssuancesRequest, _ca_service_pb2.ListIssuancesResponse]
     """Lists the issuance log, newest first."""
 
-class CertificateAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
+class CertificateAuthorityServiceServicer:
     """CertificateAuthorityService holds one set of authorities per project (SSH user
     CA, SSH host CA, X.509 CA), signs short-lived certificates and logs every
     issuance.
@@ -60,7 +59,6 @@ class CertificateAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     caller has already decided that the subject may have the certificate.
     """
 
-    @_abc_1.abstractmethod
     def CreateProjectAuthorities(
         self,
         request: _ca_service_pb2.CreateProjectAuthoritiesRequest,
@@ -70,7 +68,6 @@ class CertificateAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         already has them, returns the existing ones unchanged.
         """
 
-    @_abc_1.abstractmethod
     def GetAuthorities(
         self,
         request: _ca_service_pb2.GetAuthoritiesRequest,
@@ -80,7 +77,6 @@ class CertificateAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         authorities behind them.
         """
 
-    @_abc_1.abstractmethod
     def RotateAuthority(
         self,
         request: _ca_service_pb2.RotateAuthorityRequest,
@@ -90,7 +86,6 @@ class CertificateAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         trusted (PUBLISHED) until previous_retire_time.
         """
 
-    @_abc_1.abstractmethod
     def SignUserCertificate(
         self,
         request: _ca_service_pb2.SignUserCertificateRequest,
@@ -98,7 +93,6 @@ class CertificateAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_ca_service_pb2.SignUserCertificateResponse]:
         """Signs an OpenSSH user certificate with the project's SSH user CA."""
 
-    @_abc_1.abstractmethod
     def SignHostCertificate(
         self,
         request: _ca_service_pb2.SignHostCertificateRequest,
@@ -106,7 +100,6 @@ class CertificateAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_ca_service_pb2.SignHostCertificateResponse]:
         """Signs an OpenSSH host certificate with the project's SSH host CA."""
 
-    @_abc_1.abstractmethod
     def SignClientCertificate(
         self,
         request: _ca_service_pb2.SignClientCertificateRequest,
@@ -116,7 +109,6 @@ class CertificateAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         accept.
         """
 
-    @_abc_1.abstractmethod
     def SignServerCertificate(
         self,
         request: _ca_service_pb2.SignServerCertificateRequest,
@@ -124,7 +116,6 @@ class CertificateAuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_ca_service_pb2.SignServerCertificateResponse]:
         """Signs an X.509 server certificate (serverAuth) for a server's broker."""
 
-    @_abc_1.abstractmethod
     def ListIssuances(
         self,
         request: _ca_service_pb2.ListIssuancesRequest,

@@ -34,7 +34,7 @@ class EnrollServerRequest(_message.Message):
     BROKER_CSR_PEM_FIELD_NUMBER: _builtins.int
     FACTS_FIELD_NUMBER: _builtins.int
     enrollment_token: _builtins.str
-    """Required. The enrollment token string (`sftt1.<secret>.<ca_sha256>`, see
+    """Required. The enrollment token string (`sftt1_<secret>_<ca_sha256>`, see
     EnrollmentToken). Never logged.
     """
     agent_public_key: _builtins.str
@@ -225,8 +225,9 @@ class WatchAccountsResponse(_message.Message):
     (if create_missing), updates groups and admin rights, and removes accounts it
     created earlier that are no longer listed. The stream stays open; the
     platform may end it at any time (OK or UNAVAILABLE, e.g. on redeploy), and
-    the agent reconnects with capped, jittered backoff. NOT_FOUND or
-    UNAUTHENTICATED means the server was deleted: the agent stops.
+    the agent reconnects with capped, jittered backoff. UNAUTHENTICATED: the
+    agent gets a new access token first. NOT_FOUND: the server was deleted; the
+    agent stops managing accounts and says so in its status.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

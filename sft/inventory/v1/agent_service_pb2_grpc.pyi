@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.inventory.v1 import agent_service_pb2 as _agent_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -42,7 +41,7 @@ class AgentServiceStub:
     event for the team's admins).
     """
 
-class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
+class AgentServiceServicer:
     """AgentService is the API the agent (sftd) calls. EnrollServer is
     authenticated by the enrollment token in the request. Every other RPC needs
     `authorization: Bearer <access_token>` metadata with a token from
@@ -50,7 +49,6 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     server is the caller, so no request names it.
     """
 
-    @_abc_1.abstractmethod
     def EnrollServer(
         self,
         request: _agent_service_pb2.EnrollServerRequest,
@@ -62,7 +60,6 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         key is ever sent.
         """
 
-    @_abc_1.abstractmethod
     def Heartbeat(
         self,
         request: _agent_service_pb2.HeartbeatRequest,
@@ -72,7 +69,6 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         trust anchors.
         """
 
-    @_abc_1.abstractmethod
     def WatchAccounts(
         self,
         request: _agent_service_pb2.WatchAccountsRequest,
@@ -82,7 +78,6 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         connect and again, whole, on every change.
         """
 
-    @_abc_1.abstractmethod
     def RenewHostCertificates(
         self,
         request: _agent_service_pb2.RenewHostCertificatesRequest,
@@ -90,7 +85,6 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_agent_service_pb2.RenewHostCertificatesResponse]:
         """Issues new SSH host certificates and a new broker certificate."""
 
-    @_abc_1.abstractmethod
     def ReportAccountConflict(
         self,
         request: _agent_service_pb2.ReportAccountConflictRequest,

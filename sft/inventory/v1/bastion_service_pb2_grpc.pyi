@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.inventory.v1 import bastion_service_pb2 as _bastion_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -27,12 +26,11 @@ class BastionServiceStub:
     required_bastion.
     """
 
-class BastionServiceServicer(metaclass=_abc_1.ABCMeta):
+class BastionServiceServicer:
     """BastionService manages a project's bastions. Project admins write; members
     of the project read.
     """
 
-    @_abc_1.abstractmethod
     def CreateBastion(
         self,
         request: _bastion_service_pb2.CreateBastionRequest,
@@ -40,7 +38,6 @@ class BastionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_bastion_service_pb2.CreateBastionResponse]:
         """Creates a bastion."""
 
-    @_abc_1.abstractmethod
     def ListBastions(
         self,
         request: _bastion_service_pb2.ListBastionsRequest,
@@ -48,7 +45,6 @@ class BastionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_bastion_service_pb2.ListBastionsResponse]:
         """Lists a project's bastions, ordered by bastion id."""
 
-    @_abc_1.abstractmethod
     def DeleteBastion(
         self,
         request: _bastion_service_pb2.DeleteBastionRequest,

@@ -23,15 +23,16 @@ class EnrollmentToken(_message.Message):
     token string itself is shown once, at creation (CreateEnrollmentTokenResponse.token);
     the platform stores only its SHA-256 hash.
 
-    Token string format: `sftt1.<secret>.<ca_sha256>`
+    Token string format: `sftt1_<secret>_<ca_sha256>` (runtime/pinned_codes.py)
       `sftt1`      format marker (version 1 of the server enrollment token);
-      <secret>     43 characters of unpadded base64url (32 random bytes);
-      <ca_sha256>  64 lowercase hex characters: SHA-256 of the DER encoding of
-                   the platform's TLS CA certificate.
+      <secret>     20 random bytes, lowercase base32 without padding (32
+                   characters);
+      <ca_sha256>  SHA-256 of the DER encoding of the platform's TLS CA
+                   certificate, lowercase base32 without padding (52 characters).
     sftd pins the platform with <ca_sha256> on first contact: it refuses the
     connection unless the platform's TLS chain verifies to a CA certificate with
-    that hash, so no trust-on-first-use is needed. The platform looks tokens up by
-    the SHA-256 of <secret>.
+    that hash, so no trust-on-first-use is needed. The platform stores, and looks
+    tokens up by, the hex SHA-256 of the <secret> bytes.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -58,7 +58,7 @@ class CreateEnrollmentTokenResponse(_message.Message):
     ENROLLMENT_TOKEN_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """The token string (`sftt1.<secret>.<ca_sha256>`, see EnrollmentToken), to
+    """The token string (`sftt1_<secret>_<ca_sha256>`, see EnrollmentToken), to
     write to sftd's EnrollmentTokenFile. Shown only here; never logged.
     """
     @_builtins.property

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.inventory.v1 import enrollment_token_service_pb2 as _enrollment_token_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -23,10 +22,9 @@ class EnrollmentTokenServiceStub:
     RevokeEnrollmentToken: _aio.UnaryUnaryMultiCallable[_enrollment_token_service_pb2.RevokeEnrollmentTokenRequest, _enrollment_token_service_pb2.RevokeEnrollmentTokenResponse]
     """Revokes a token. Idempotent."""
 
-class EnrollmentTokenServiceServicer(metaclass=_abc_1.ABCMeta):
+class EnrollmentTokenServiceServicer:
     """EnrollmentTokenService manages server enrollment tokens. Project admins only."""
 
-    @_abc_1.abstractmethod
     def CreateEnrollmentToken(
         self,
         request: _enrollment_token_service_pb2.CreateEnrollmentTokenRequest,
@@ -34,7 +32,6 @@ class EnrollmentTokenServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_enrollment_token_service_pb2.CreateEnrollmentTokenResponse]:
         """Creates a token and returns its secret string, once."""
 
-    @_abc_1.abstractmethod
     def ListEnrollmentTokens(
         self,
         request: _enrollment_token_service_pb2.ListEnrollmentTokensRequest,
@@ -42,7 +39,6 @@ class EnrollmentTokenServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_enrollment_token_service_pb2.ListEnrollmentTokensResponse]:
         """Lists a project's tokens (never their secrets), newest first."""
 
-    @_abc_1.abstractmethod
     def RevokeEnrollmentToken(
         self,
         request: _enrollment_token_service_pb2.RevokeEnrollmentTokenRequest,

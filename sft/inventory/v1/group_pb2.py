@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csft/inventory/v1/group.proto\x12\x10sft.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x05Group\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x12\n\nteam_admin\x18\x03 \x01(\x08\x12\x14\n\x0cmember_count\x18\x04 \x01(\r\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x0bGroupMember\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csft/inventory/v1/group.proto\x12\x10sft.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n\x05Group\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cmember_count\x18\x03 \x01(\r\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x0bGroupMember\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sft.inventory.v1.group_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GROUP']._serialized_start=84
-  _globals['_GROUP']._serialized_end=217
-  _globals['_GROUPMEMBER']._serialized_start=219
-  _globals['_GROUPMEMBER']._serialized_end=309
+  _globals['_GROUP']._serialized_start=83
+  _globals['_GROUP']._serialized_end=196
+  _globals['_GROUPMEMBER']._serialized_start=198
+  _globals['_GROUPMEMBER']._serialized_end=288
 # @@protoc_insertion_point(module_scope)

@@ -20,14 +20,13 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Group(_message.Message):
     """Group is a set of users of one team. Groups are what projects grant access
-    to (see ProjectGrant), and a group may make its members team admins.
+    to (see ProjectGrant).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
-    TEAM_ADMIN_FIELD_NUMBER: _builtins.int
     MEMBER_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
@@ -36,10 +35,6 @@ class Group(_message.Message):
     """
     description: _builtins.str
     """Human-readable description, at most 1000 characters."""
-    team_admin: _builtins.bool
-    """Members of this group administer the team: users, groups, projects,
-    tokens, servers and audit (ASA's `access_admin`). Set at creation.
-    """
     member_count: _builtins.int
     """Output only. Number of members."""
     @_builtins.property
@@ -51,13 +46,12 @@ class Group(_message.Message):
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
-        team_admin: _builtins.bool = ...,
         member_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "member_count", b"member_count", "name", b"name", "team_admin", b"team_admin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "member_count", b"member_count", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

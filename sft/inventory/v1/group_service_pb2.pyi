@@ -34,7 +34,7 @@ class CreateGroupRequest(_message.Message):
     """Required. The group id: `[a-z][a-z0-9_-]*`, at most 63 characters."""
     @_builtins.property
     def group(self) -> _group_pb2.Group:
-        """The group's fields: description, team_admin. Other fields are ignored."""
+        """The group's fields: description. Other fields are ignored."""
 
     def __init__(
         self,

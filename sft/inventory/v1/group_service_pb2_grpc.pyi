@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.inventory.v1 import group_service_pb2 as _group_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -35,12 +34,11 @@ class GroupServiceStub:
     ListGroupMembers: _aio.UnaryUnaryMultiCallable[_group_service_pb2.ListGroupMembersRequest, _group_service_pb2.ListGroupMembersResponse]
     """Lists a group's members, ordered by user id."""
 
-class GroupServiceServicer(metaclass=_abc_1.ABCMeta):
+class GroupServiceServicer:
     """GroupService manages groups and their members. Team admins only, except that
     reading is open to members of the team.
     """
 
-    @_abc_1.abstractmethod
     def CreateGroup(
         self,
         request: _group_service_pb2.CreateGroupRequest,
@@ -48,7 +46,6 @@ class GroupServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_group_service_pb2.CreateGroupResponse]:
         """Creates a group."""
 
-    @_abc_1.abstractmethod
     def GetGroup(
         self,
         request: _group_service_pb2.GetGroupRequest,
@@ -56,7 +53,6 @@ class GroupServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_group_service_pb2.GetGroupResponse]:
         """Returns one group."""
 
-    @_abc_1.abstractmethod
     def ListGroups(
         self,
         request: _group_service_pb2.ListGroupsRequest,
@@ -64,7 +60,6 @@ class GroupServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_group_service_pb2.ListGroupsResponse]:
         """Lists a team's groups, ordered by group id."""
 
-    @_abc_1.abstractmethod
     def DeleteGroup(
         self,
         request: _group_service_pb2.DeleteGroupRequest,
@@ -72,7 +67,6 @@ class GroupServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_group_service_pb2.DeleteGroupResponse]:
         """Deletes a group and its memberships and project grants."""
 
-    @_abc_1.abstractmethod
     def AddGroupMember(
         self,
         request: _group_service_pb2.AddGroupMemberRequest,
@@ -82,7 +76,6 @@ class GroupServiceServicer(metaclass=_abc_1.ABCMeta):
         existing membership.
         """
 
-    @_abc_1.abstractmethod
     def RemoveGroupMember(
         self,
         request: _group_service_pb2.RemoveGroupMemberRequest,
@@ -90,7 +83,6 @@ class GroupServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_group_service_pb2.RemoveGroupMemberResponse]:
         """Removes a user from a group. Idempotent: removing a non-member succeeds."""
 
-    @_abc_1.abstractmethod
     def ListGroupMembers(
         self,
         request: _group_service_pb2.ListGroupMembersRequest,

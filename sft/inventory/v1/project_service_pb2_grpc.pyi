@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.inventory.v1 import project_service_pb2 as _project_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -44,13 +43,12 @@ class ProjectServiceStub:
     gives it.
     """
 
-class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
+class ProjectServiceServicer:
     """ProjectService manages projects, their settings and their grants. Team
     admins create and delete projects; project admins (GRANT_ROLE_ADMIN) update
     them and manage grants.
     """
 
-    @_abc_1.abstractmethod
     def CreateProject(
         self,
         request: _project_service_pb2.CreateProjectRequest,
@@ -60,7 +58,6 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         (sft.ca.v1.CertificateAuthorityService.CreateProjectAuthorities).
         """
 
-    @_abc_1.abstractmethod
     def GetProject(
         self,
         request: _project_service_pb2.GetProjectRequest,
@@ -68,7 +65,6 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_project_service_pb2.GetProjectResponse]:
         """Returns one project."""
 
-    @_abc_1.abstractmethod
     def ListProjects(
         self,
         request: _project_service_pb2.ListProjectsRequest,
@@ -76,7 +72,6 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_project_service_pb2.ListProjectsResponse]:
         """Lists a team's projects the caller may see, ordered by project id."""
 
-    @_abc_1.abstractmethod
     def UpdateProject(
         self,
         request: _project_service_pb2.UpdateProjectRequest,
@@ -84,7 +79,6 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_project_service_pb2.UpdateProjectResponse]:
         """Changes a project's settings."""
 
-    @_abc_1.abstractmethod
     def DeleteProject(
         self,
         request: _project_service_pb2.DeleteProjectRequest,
@@ -94,7 +88,6 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         enrolled in it; delete them first.
         """
 
-    @_abc_1.abstractmethod
     def CreateGrant(
         self,
         request: _project_service_pb2.CreateGrantRequest,
@@ -104,7 +97,6 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         has a grant there (delete it to change the role).
         """
 
-    @_abc_1.abstractmethod
     def ListGrants(
         self,
         request: _project_service_pb2.ListGrantsRequest,
@@ -112,7 +104,6 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_project_service_pb2.ListGrantsResponse]:
         """Lists a project's grants, ordered by group id."""
 
-    @_abc_1.abstractmethod
     def DeleteGrant(
         self,
         request: _project_service_pb2.DeleteGrantRequest,

@@ -97,8 +97,9 @@ class ServerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteServer(self, request, context):
-        """Removes a server. Its agent's tokens stop working and it must enroll again
-        with a new token; certificates already issued lapse on expiry.
+        """Removes a server. From then on its agent's AgentService calls fail with
+        NOT_FOUND and it gets no new access tokens; it must enroll again with a
+        new token. Certificates already issued lapse on expiry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

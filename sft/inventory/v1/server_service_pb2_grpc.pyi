@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.inventory.v1 import server_service_pb2 as _server_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -26,8 +25,9 @@ class ServerServiceStub:
     UpdateServer: _aio.UnaryUnaryMultiCallable[_server_service_pb2.UpdateServerRequest, _server_service_pb2.UpdateServerResponse]
     """Changes a server's admin-settable fields (see UpdateServerRequest)."""
     DeleteServer: _aio.UnaryUnaryMultiCallable[_server_service_pb2.DeleteServerRequest, _server_service_pb2.DeleteServerResponse]
-    """Removes a server. Its agent's tokens stop working and it must enroll again
-    with a new token; certificates already issued lapse on expiry.
+    """Removes a server. From then on its agent's AgentService calls fail with
+    NOT_FOUND and it gets no new access tokens; it must enroll again with a
+    new token. Certificates already issued lapse on expiry.
     """
     ResolveServer: _aio.UnaryUnaryMultiCallable[_server_service_pb2.ResolveServerRequest, _server_service_pb2.ResolveServerResponse]
     """Finds the one server a name refers to (what `sft ssh NAME` and
@@ -38,13 +38,12 @@ class ServerServiceStub:
     Internal: called by the auth service before it issues credentials.
     """
 
-class ServerServiceServicer(metaclass=_abc_1.ABCMeta):
+class ServerServiceServicer:
     """ServerService reads and administers enrolled servers. Servers are created
     only by enrollment (AgentService.EnrollServer). Users see the servers of
     projects granted to them; project admins update and delete.
     """
 
-    @_abc_1.abstractmethod
     def GetServer(
         self,
         request: _server_service_pb2.GetServerRequest,
@@ -52,7 +51,6 @@ class ServerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_server_service_pb2.GetServerResponse]:
         """Returns one server."""
 
-    @_abc_1.abstractmethod
     def ListServers(
         self,
         request: _server_service_pb2.ListServersRequest,
@@ -60,7 +58,6 @@ class ServerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_server_service_pb2.ListServersResponse]:
         """Lists servers of one project, or of every project the caller may see."""
 
-    @_abc_1.abstractmethod
     def UpdateServer(
         self,
         request: _server_service_pb2.UpdateServerRequest,
@@ -68,17 +65,16 @@ class ServerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_server_service_pb2.UpdateServerResponse]:
         """Changes a server's admin-settable fields (see UpdateServerRequest)."""
 
-    @_abc_1.abstractmethod
     def DeleteServer(
         self,
         request: _server_service_pb2.DeleteServerRequest,
         context: _aio.ServicerContext[_server_service_pb2.DeleteServerRequest, _abc.Awaitable[_server_service_pb2.DeleteServerResponse]],
     ) -> _abc.Awaitable[_server_service_pb2.DeleteServerResponse]:
-        """Removes a server. Its agent's tokens stop working and it must enroll again
-        with a new token; certificates already issued lapse on expiry.
+        """Removes a server. From then on its agent's AgentService calls fail with
+        NOT_FOUND and it gets no new access tokens; it must enroll again with a
+        new token. Certificates already issued lapse on expiry.
         """
 
-    @_abc_1.abstractmethod
     def ResolveServer(
         self,
         request: _server_service_pb2.ResolveServerRequest,
@@ -88,7 +84,6 @@ class ServerServiceServicer(metaclass=_abc_1.ABCMeta):
         `sft resolve NAME` do first).
         """
 
-    @_abc_1.abstractmethod
     def CheckServerAccess(
         self,
         request: _server_service_pb2.CheckServerAccessRequest,

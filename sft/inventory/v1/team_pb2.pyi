@@ -30,8 +30,9 @@ class Team(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Resource name: `teams/{team}`. {team} is chosen at creation:
-    `[a-z][a-z0-9-]*`, at most 63 characters, unique on the platform.
+    """Resource name: `teams/{team}`. {team} is chosen at creation: 1 to 63
+    lowercase letters, digits and `-`, starting and ending with a letter or
+    digit; unique on the platform.
     """
     display_name: _builtins.str
     """Human-readable name, at most 200 characters."""

@@ -131,8 +131,9 @@ class CreateTeamRequest(_message.Message):
     TEAM_ID_FIELD_NUMBER: _builtins.int
     TEAM_FIELD_NUMBER: _builtins.int
     team_id: _builtins.str
-    """Required. The id that becomes the last segment of the resource name:
-    `[a-z][a-z0-9-]*`, at most 63 characters.
+    """Required. The id that becomes the last segment of the resource name: 1 to
+    63 lowercase letters, digits and `-`, starting and ending with a letter or
+    digit.
     """
     @_builtins.property
     def team(self) -> _team_pb2.Team:

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.inventory.v1 import team_service_pb2 as _team_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -27,12 +26,11 @@ class TeamServiceStub:
     UpdateTeam: _aio.UnaryUnaryMultiCallable[_team_service_pb2.UpdateTeamRequest, _team_service_pb2.UpdateTeamResponse]
     """Changes a team's mutable fields (display_name)."""
 
-class TeamServiceServicer(metaclass=_abc_1.ABCMeta):
+class TeamServiceServicer:
     """TeamService manages teams. Creating a team is for platform operators (in
     practice `sft-platform init`); a user sees only the team it belongs to.
     """
 
-    @_abc_1.abstractmethod
     def GetTeam(
         self,
         request: _team_service_pb2.GetTeamRequest,
@@ -40,7 +38,6 @@ class TeamServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_team_service_pb2.GetTeamResponse]:
         """Returns one team."""
 
-    @_abc_1.abstractmethod
     def ListTeams(
         self,
         request: _team_service_pb2.ListTeamsRequest,
@@ -48,7 +45,6 @@ class TeamServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_team_service_pb2.ListTeamsResponse]:
         """Lists the teams the caller may see, ordered by name."""
 
-    @_abc_1.abstractmethod
     def CreateTeam(
         self,
         request: _team_service_pb2.CreateTeamRequest,
@@ -56,7 +52,6 @@ class TeamServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_team_service_pb2.CreateTeamResponse]:
         """Creates a team."""
 
-    @_abc_1.abstractmethod
     def UpdateTeam(
         self,
         request: _team_service_pb2.UpdateTeamRequest,

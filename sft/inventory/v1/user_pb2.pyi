@@ -98,7 +98,8 @@ class User(_message.Message):
     name: _builtins.str
     """Resource name: `teams/{team}/users/{user}`. {user} is chosen at creation,
     unique in the team, and is the Linux account name: `[a-z_][a-z0-9_-]*`, at
-    most 32 characters.
+    most 32 characters; names that already mean something on servers
+    (`root`, `admin`, `sshd`, …) are refused.
     """
     display_name: _builtins.str
     """Full name, at most 200 characters; also the account's comment (GECOS /
@@ -126,7 +127,9 @@ class User(_message.Message):
     unique with a numeric suffix).
     """
     team_admin: _builtins.bool
-    """Output only. True when the user is a member of a group with team_admin."""
+    """Whether the user administers the team: users, groups, projects, tokens,
+    servers and audit. Set at creation or with UpdateUser, by team admins.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the user was created."""

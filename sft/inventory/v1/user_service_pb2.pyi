@@ -38,7 +38,7 @@ class CreateUserRequest(_message.Message):
     @_builtins.property
     def user(self) -> _user_pb2.User:
         """The user's fields: display_name, email, kind (default HUMAN),
-        windows_account_name (optional). Other fields are ignored.
+        windows_account_name (optional), team_admin. Other fields are ignored.
         """
 
     def __init__(
@@ -212,7 +212,7 @@ class UpdateUserRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Required. The fields to change: `display_name`, `email`."""
+        """Required. The fields to change: `display_name`, `email`, `team_admin`."""
 
     def __init__(
         self,

@@ -6,7 +6,6 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from sft.inventory.v1 import user_service_pb2 as _user_service_pb2
-import abc as _abc_1
 
 
 GRPC_GENERATED_VERSION: str
@@ -26,7 +25,7 @@ class UserServiceStub:
     ListUsers: _aio.UnaryUnaryMultiCallable[_user_service_pb2.ListUsersRequest, _user_service_pb2.ListUsersResponse]
     """Lists a team's users, ordered by user id."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.UpdateUserRequest, _user_service_pb2.UpdateUserResponse]
-    """Changes a user's mutable fields (display_name, email)."""
+    """Changes a user's mutable fields (display_name, email, team_admin)."""
     DisableUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.DisableUserRequest, _user_service_pb2.DisableUserResponse]
     """Disables a user: no new tokens or credentials, accounts leave the servers'
     desired lists. Idempotent.
@@ -34,13 +33,12 @@ class UserServiceStub:
     EnableUser: _aio.UnaryUnaryMultiCallable[_user_service_pb2.EnableUserRequest, _user_service_pb2.EnableUserResponse]
     """Enables a disabled user again. Idempotent."""
 
-class UserServiceServicer(metaclass=_abc_1.ABCMeta):
+class UserServiceServicer:
     """UserService manages a team's users. Team admins only, except that a user may
     get itself. Inviting a person is CreateUser followed by
     sft.auth.v1.EnrollmentCodeService.CreateEnrollmentCode.
     """
 
-    @_abc_1.abstractmethod
     def CreateUser(
         self,
         request: _user_service_pb2.CreateUserRequest,
@@ -48,7 +46,6 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_user_service_pb2.CreateUserResponse]:
         """Creates a user and allocates its uid and gid."""
 
-    @_abc_1.abstractmethod
     def GetUser(
         self,
         request: _user_service_pb2.GetUserRequest,
@@ -56,7 +53,6 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_user_service_pb2.GetUserResponse]:
         """Returns one user."""
 
-    @_abc_1.abstractmethod
     def ListUsers(
         self,
         request: _user_service_pb2.ListUsersRequest,
@@ -64,15 +60,13 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_user_service_pb2.ListUsersResponse]:
         """Lists a team's users, ordered by user id."""
 
-    @_abc_1.abstractmethod
     def UpdateUser(
         self,
         request: _user_service_pb2.UpdateUserRequest,
         context: _aio.ServicerContext[_user_service_pb2.UpdateUserRequest, _abc.Awaitable[_user_service_pb2.UpdateUserResponse]],
     ) -> _abc.Awaitable[_user_service_pb2.UpdateUserResponse]:
-        """Changes a user's mutable fields (display_name, email)."""
+        """Changes a user's mutable fields (display_name, email, team_admin)."""
 
-    @_abc_1.abstractmethod
     def DisableUser(
         self,
         request: _user_service_pb2.DisableUserRequest,
@@ -82,7 +76,6 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         desired lists. Idempotent.
         """
 
-    @_abc_1.abstractmethod
     def EnableUser(
         self,
         request: _user_service_pb2.EnableUserRequest,
