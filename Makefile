@@ -33,7 +33,7 @@ run: install
 	  echo "Creating a new platform in $(DATA_DIR)."; \
 	fi
 	@$(PLATFORM) migrate --data-dir "$(DATA_DIR)" --log-level warning
-	@$(PLATFORM) init --team demo --admin admin --existing-ok --data-dir "$(DATA_DIR)" \
+	@SFT_PLATFORM_LISTEN="$(LISTEN)" $(PLATFORM) init --team demo --admin demo-admin --existing-ok --data-dir "$(DATA_DIR)" \
 	  --log-level warning
 	@echo "Next: paste the 'sft enroll' line above in another terminal. Ctrl-C stops the platform."
 	@exec $(PLATFORM) serve --data-dir "$(DATA_DIR)" --listen "$(LISTEN)"
