@@ -91,3 +91,9 @@ def test_missing_and_malformed_config_files(tmp_path: Path) -> None:
     scalar.write_text("just a string\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load(scalar)
+
+
+@pytest.mark.parametrize("grace", ["-1", "301"])
+def test_shutdown_grace_out_of_range_is_refused(grace: str) -> None:
+    with pytest.raises(ConfigError, match="between 0 and 300 seconds"):
+        load(env={"SFT_PLATFORM_SHUTDOWN_GRACE_SECONDS": grace})

@@ -110,6 +110,13 @@ def serve_overrides(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+services_option = click.option(
+    "--services",
+    default=None,
+    help=f"Comma-separated subset of {','.join(SERVICE_NAMES)} [default: all].",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sft", prog_name="sft-platform")
 def main() -> None:
@@ -118,11 +125,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--listen", default=None, help="HOST:PORT to serve on [default: 127.0.0.1:8443].")
-@click.option(
-    "--services",
-    default=None,
-    help=f"Comma-separated subset of {','.join(SERVICE_NAMES)} [default: all].",
-)
+@services_option
 @click.option("--metrics-listen", default=None, help="HOST:PORT for Prometheus /metrics.")
 @click.option(
     "--auto-migrate",
@@ -147,11 +150,7 @@ def serve(settings: PlatformSettings) -> None:
 
 @main.command()
 @click.option("--check", is_flag=True, help="Only report; exit 1 if migrations are pending.")
-@click.option(
-    "--services",
-    default=None,
-    help=f"Comma-separated subset of {','.join(SERVICE_NAMES)} [default: all].",
-)
+@services_option
 @settings_options
 def migrate(settings: PlatformSettings, check: bool, services: str | None) -> None:
     """Bring every service's tables to the newest schema (safe to run repeatedly)."""

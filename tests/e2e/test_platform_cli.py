@@ -234,3 +234,10 @@ def test_migrate_check_reports_pending(tmp_path: Path) -> None:
     assert "migrations pending for: ca, inventory, auth" in _one_line_error(result)
     assert run_platform("migrate", "--data-dir", str(tmp_path / "d")).returncode == 0
     assert run_platform("migrate", "--check", "--data-dir", str(tmp_path / "d")).returncode == 0
+
+
+def test_migrate_refuses_an_unknown_service(tmp_path: Path) -> None:
+    result = run_platform("migrate", "--services", "ca,cas", "--data-dir", str(tmp_path / "d"))
+    assert "unknown service 'cas'" in _one_line_error(result)
+    assert result.returncode == 2
+    assert not (tmp_path / "d" / "platform.db").exists()
