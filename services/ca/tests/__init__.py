@@ -1,0 +1,1 @@
+"""Unit tests of the CA service's domain modules (no gRPC, no database)."""
