@@ -66,26 +66,27 @@ async def migrate_platform(
 ) -> list[str]:
     """Apply (or, with check_only, just list) pending migrations of `services`."""
     async with open_database(settings) as database:
-        histories = histories_for(services)
-        pending = await pending_services(database, histories)
-        if not check_only and pending:
-            await upgrade(database, [h for h in histories if h.service in pending])
-            log.info("migrated", services=pending, database=redact_url(database.url))
-        elif not pending:
-            log.info("database is current", services=list(services))
-        return pending
+        return await _apply_pending(database, services, check_only=check_only)
+
+
+async def _apply_pending(
+    database: Database, services: tuple[str, ...], *, check_only: bool = False
+) -> list[str]:
+    histories = histories_for(services)
+    pending = await pending_services(database, histories)
+    if not check_only and pending:
+        await upgrade(database, [h for h in histories if h.service in pending])
+        log.info("migrated", services=pending, database=redact_url(database.url))
+    elif not pending:
+        log.info("database is current", services=list(services))
+    return pending
 
 
 async def serve_platform(settings: PlatformSettings) -> None:
     """Serve the configured services until SIGTERM."""
     async with open_database(settings) as database:
         if settings.auto_migrate:
-            pending = await pending_services(database, histories_for(settings.services))
-            if pending:
-                await upgrade(
-                    database, [h for h in histories_for(settings.services) if h.service in pending]
-                )
-                log.info("migrated", services=pending)
+            await _apply_pending(database, settings.services)
         await require_migrated(database, settings.services)
         server = PlatformServer(
             service_bindings(settings.services, database),
