@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import SSHCertificateBuilder, SSHCertificateType
 
 from runtime.errors import InvalidInput
+from services.ca.limits import CLOCK_SKEW_SECONDS, MIN_RSA_BITS, check_request_id, check_ttl
 from services.ca.principals import check_account_name, check_host_principal
 
 __all__ = [
@@ -42,9 +43,6 @@ USER_DEFAULT_TTL_SECONDS = 600
 USER_MAX_TTL_SECONDS = 86_400
 HOST_DEFAULT_TTL_SECONDS = 7 * 86_400
 HOST_MAX_TTL_SECONDS = 30 * 86_400
-#: valid_after is backdated this much so a server whose clock lags still accepts the cert.
-CLOCK_SKEW_SECONDS = 60
-MIN_RSA_BITS = 2048
 _MAX_KEY_TEXT = 16_384
 _MAX_PRINCIPALS = 256
 _MAX_SOURCE_ADDRESSES = 64
@@ -96,13 +94,13 @@ class UserCertificateRequest:
         _check_key_id_field("user", self.user)
         _check_key_id_field("project", self.project)
         _check_key_id_field("device_id", self.device_id)
-        _check_key_id_field("request_id", self.request_id)
+        check_request_id(self.request_id)
         if not 0 < self.max_ttl_seconds <= USER_MAX_TTL_SECONDS:
             raise InvalidInput(
                 f"max_ttl_seconds {self.max_ttl_seconds} is out of range; set the project's "
                 f"maximum between 1 and {USER_MAX_TTL_SECONDS} seconds"
             )
-        _check_ttl(self.ttl_seconds, self.max_ttl_seconds, "the project's maximum")
+        check_ttl(self.ttl_seconds, self.max_ttl_seconds, "the project's maximum")
         _source_address_option(self.source_addresses)
 
     @property
@@ -154,7 +152,7 @@ class HostCertificateRequest:
             check_host_principal(principal)
         if len(set(self.principals)) != len(self.principals):
             raise InvalidInput("host principals are repeated; list each name or address once")
-        _check_ttl(self.ttl_seconds, HOST_MAX_TTL_SECONDS, "the host certificate maximum")
+        check_ttl(self.ttl_seconds, HOST_MAX_TTL_SECONDS, "the host certificate maximum")
 
     @property
     def key_id(self) -> str:
@@ -305,17 +303,6 @@ def _check_key_id_field(field: str, value: str) -> None:
         raise InvalidInput(
             f"{field} {value!r} is not valid in a certificate key id: use 1-128 letters, "
             "digits and . _ @ : + -"
-        )
-
-
-def _check_ttl(ttl_seconds: int, max_seconds: int, what: str) -> None:
-    """Refuse a TTL that is not positive or exceeds `max_seconds`."""
-    if ttl_seconds <= 0:
-        raise InvalidInput(f"ttl_seconds must be positive, not {ttl_seconds}")
-    if ttl_seconds > max_seconds:
-        raise InvalidInput(
-            f"ttl_seconds {ttl_seconds} exceeds {what} of {max_seconds}; "
-            f"ask for at most {max_seconds} seconds"
         )
 
 
