@@ -8,6 +8,8 @@ set -euo pipefail
 wanted=(
   "/usr/lib/postgresql/*/bin/initdb postgresql"
   "runuser util-linux"
+  "/usr/sbin/sshd openssh-server"
+  "ssh openssh-client"
 )
 
 missing=()
@@ -29,5 +31,15 @@ if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
 fi
 echo "Installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+
+# Packages like openssh-server start their daemon on install (sshd on port 22) via
+# invoke-rc.d; a policy-rc.d that exits 101 forbids that. Remove it only if we made it.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+  trap 'rm -f "$policy"' EXIT
+  printf '#!/bin/sh\n# Written by sft tools/install-system-deps.sh during apt-get install.\nexit 101\n' >"$policy"
+  chmod 0755 "$policy"
+fi
+
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-__all__ = ["find_program", "require"]
+__all__ = ["find_program", "require", "require_program"]
 
 
 def require(what: str, found: str | None, install_hint: str) -> str:
@@ -31,3 +31,8 @@ def find_program(name: str, *patterns: str) -> str | None:
         if matches:
             return matches[-1]
     return None
+
+
+def require_program(name: str, package: str) -> str:
+    """Return the path of program `name`, or skip (fail when CI=true) naming its package."""
+    return require(name, find_program(name), f"run `make deps` (Debian package {package})")
