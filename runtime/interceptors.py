@@ -22,6 +22,7 @@ import structlog
 from runtime.errors import SftError
 from runtime.identity import ANONYMOUS, Authenticator, Identity, current_identity
 from runtime.metrics import RPC_HANDLED, RPC_HANDLING_SECONDS, RPC_IN_FLIGHT, RPC_STARTED
+from runtime.service_identity import identity_from_peer_certificate
 
 __all__ = ["ServerCallInterceptor", "status_for"]
 
@@ -97,6 +98,11 @@ class ServerCallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def _identify(self, context: grpc.aio.ServicerContext) -> Identity:
+        # Only the internal listener asks for client certificates, and its handshake
+        # has verified the chain to the platform CA: a peer certificate is a service.
+        peer_certificates = context.auth_context().get("x509_pem_cert")
+        if peer_certificates:
+            return identity_from_peer_certificate(peer_certificates[0])
         if self._authenticate is None:
             return ANONYMOUS
         return await self._authenticate(context.invocation_metadata() or ())

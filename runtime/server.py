@@ -140,10 +140,12 @@ class PlatformServer:
         *,
         authenticate: Authenticator | None = None,
         metrics_listen: Endpoint | None = None,
+        internal_listen: Endpoint | None = None,
         grace_seconds: float = 10.0,
     ) -> None:
         self._bindings = list(bindings)
         self._listen = listen
+        self._internal_listen = internal_listen
         self._tls = tls
         self._metrics_listen = metrics_listen
         self._grace_seconds = grace_seconds
@@ -162,6 +164,7 @@ class PlatformServer:
             ],
         )
         self.port = 0
+        self.internal_port = 0
 
     @property
     def grpc_services(self) -> list[str]:
@@ -180,11 +183,14 @@ class PlatformServer:
         credentials = grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=ca, require_client_auth=False
         )
-        check_port_free(self._listen)
-        try:
-            self.port = self._server.add_secure_port(str(self._listen), credentials)
-        except RuntimeError:
-            raise ListenError(f"cannot listen on {self._listen}") from None
+        self.port = self._add_port(self._listen, credentials)
+        if self._internal_listen is not None:
+            # Platform services call each other here, each proving itself with a
+            # service certificate from the platform CA (see runtime.service_identity).
+            mutual = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=True
+            )
+            self.internal_port = self._add_port(self._internal_listen, mutual)
         if self._metrics_listen is not None:
             check_port_free(self._metrics_listen)
             self._metrics = MetricsEndpoint(self._metrics_listen.host, self._metrics_listen.port)
@@ -194,9 +200,21 @@ class PlatformServer:
         log.info(
             "serving",
             address=str(Endpoint(self._listen.host, self.port)),
+            internal_address=(
+                str(Endpoint(self._internal_listen.host, self.internal_port))
+                if self._internal_listen
+                else None
+            ),
             services=[b.name for b in self._bindings],
             metrics=str(self._metrics_listen) if self._metrics_listen else None,
         )
+
+    def _add_port(self, endpoint: Endpoint, credentials: grpc.ServerCredentials) -> int:
+        check_port_free(endpoint)
+        try:
+            return int(self._server.add_secure_port(str(endpoint), credentials))
+        except RuntimeError:
+            raise ListenError(f"cannot listen on {endpoint}") from None
 
     async def stop(self) -> None:
         """Report NOT_SERVING, let calls in flight finish (bounded), then close."""

@@ -20,11 +20,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
+    "SERVICE_URI_SCHEME",
     "TLSFiles",
     "ca_sha256",
     "ensure_dev_pki",
+    "issue_service_certificate",
+    "service_tls_files",
     "write_private",
 ]
+
+#: Platform services prove who they are to each other with client certificates
+#: naming `sft-service://<service>`, signed by the platform CA.
+SERVICE_URI_SCHEME = "sft-service"
+SERVICE_VALIDITY = dt.timedelta(days=397)
 
 CA_VALIDITY = dt.timedelta(days=3650)
 SERVER_VALIDITY = dt.timedelta(days=397)
@@ -168,23 +176,80 @@ def _issue_server_cert(
     write_private(directory / "server.pem", cert.public_bytes(serialization.Encoding.PEM))
 
 
-def ensure_dev_pki(directory: Path, hosts: list[str]) -> TLSFiles:
+def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    ca_pem_path, ca_key_path = directory / "ca.pem", directory / "ca.key"
+    if not (ca_pem_path.exists() and ca_key_path.exists()):
+        return None
+    ca = x509.load_pem_x509_certificate(ca_pem_path.read_bytes())
+    loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_key_path} is not an ECDSA key")
+    return ca, loaded
+
+
+def service_tls_files(directory: Path, service: str) -> TLSFiles:
+    """Return where the client certificate of platform service `service` lives."""
+    return TLSFiles(
+        directory / f"service-{service}.pem",
+        directory / f"service-{service}.key",
+        directory / "ca.pem",
+    )
+
+
+def issue_service_certificate(
+    ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, service: str, now: dt.datetime
+) -> tuple[bytes, bytes]:
+    """Return (certificate PEM, private key PEM) proving `service` to other platform services."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    uri = f"{SERVICE_URI_SCHEME}://{service}"
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"sft {service} service")])
+        )
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + SERVICE_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def _cert_is_current(path: Path, ca: x509.Certificate) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return cert.issuer == ca.subject and cert.not_valid_after_utc - SERVER_RENEW_BEFORE > _now()
+
+
+def ensure_dev_pki(directory: Path, hosts: list[str], services: tuple[str, ...] = ()) -> TLSFiles:
     """Make (or keep) a platform CA and a server certificate naming `hosts` in `directory`.
+
+    Also makes a client certificate for each of `services` (see service_tls_files).
 
     The CA is created once and kept, so pinned fingerprints stay valid; the server
     certificate is re-issued when it nears expiry or does not name every host.
     """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca_pem_path, ca_key_path = directory / "ca.pem", directory / "ca.key"
-    if ca_pem_path.exists() and ca_key_path.exists():
-        ca = x509.load_pem_x509_certificate(ca_pem_path.read_bytes())
-        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{ca_key_path} is not an ECDSA key")
-        ca_key = loaded
-    else:
-        ca, ca_key = _make_ca(directory)
-    files = TLSFiles(directory / "server.pem", directory / "server.key", ca_pem_path)
+    ca, ca_key = _load_ca(directory) or _make_ca(directory)
+    files = TLSFiles(directory / "server.pem", directory / "server.key", directory / "ca.pem")
     if not _server_cert_is_current(files.cert_file, hosts, ca):
         _issue_server_cert(directory, hosts, ca, ca_key)
+    for service in services:
+        paths = service_tls_files(directory, service)
+        if not _cert_is_current(paths.cert_file, ca):
+            cert_pem, key_pem = issue_service_certificate(ca, ca_key, service, _now())
+            write_private(paths.key_file, key_pem)
+            write_private(paths.cert_file, cert_pem)
     return files

@@ -5,6 +5,8 @@ from __future__ import annotations
 from runtime.database import Database
 from runtime.migrations import MigrationHistory
 from runtime.server import ServiceBinding
+from services.ca.key_encryption import KeyEncryption
+from services.ca.service import CertificateAuthority
 
 __all__ = ["HISTORY", "binding"]
 
@@ -13,7 +15,12 @@ HISTORY = MigrationHistory(
 )
 
 
-def binding(database: Database) -> ServiceBinding:
-    """Return the CA service's gRPC services, bound to `database`."""
-    # RPCs without an implementation yet answer UNIMPLEMENTED (see ServiceBinding).
-    return ServiceBinding.from_package("ca", "sft.ca.v1", implementations={})
+def binding(database: Database, key_encryption: KeyEncryption) -> ServiceBinding:
+    """Return the CA service's gRPC services, bound to `database` and the CA keys' KEK."""
+    return ServiceBinding.from_package(
+        "ca",
+        "sft.ca.v1",
+        implementations={
+            "CertificateAuthorityService": CertificateAuthority(database, key_encryption)
+        },
+    )

@@ -103,7 +103,7 @@ def serve_overrides(func: F) -> F:
 
     @wraps(func)
     def wrapper(**kwargs: Any) -> Any:
-        keys = ("listen", "services", "metrics_listen", "auto_migrate")
+        keys = ("listen", "internal_listen", "services", "metrics_listen", "auto_migrate")
         kwargs["_settings_overrides"] = {k: kwargs.pop(k) for k in keys}
         return func(**kwargs)
 
@@ -125,6 +125,12 @@ def main() -> None:
 
 @main.command()
 @click.option("--listen", default=None, help="HOST:PORT to serve on [default: 127.0.0.1:8443].")
+@click.option(
+    "--internal-listen",
+    default=None,
+    help="HOST:PORT where platform services call each other (mutual TLS), or 'off' "
+    "[default: 127.0.0.1:8444].",
+)
 @services_option
 @click.option("--metrics-listen", default=None, help="HOST:PORT for Prometheus /metrics.")
 @click.option(
@@ -204,3 +210,27 @@ def enrollment_code(settings: PlatformSettings, team: str, user: str, as_json: b
 
     result = run_async(issue_code_for(settings, team, user))
     click.echo(json.dumps(result.as_json()) if as_json else result.describe())
+
+
+@main.command("generate-kek")
+@click.argument("path", type=click.Path(path_type=Path))
+def generate_kek(path: Path) -> None:
+    """Write a new key-encryption key for the CA's private keys to PATH (mode 0600).
+
+    Give it to every CA replica as ca_kek_file, or its content as SFT_PLATFORM_CA_KEK
+    (e.g. from a Kubernetes Secret). Refuses to overwrite an existing file: CA keys
+    sealed with the old key could no longer be opened.
+
+    \b
+    Example:
+      sft-platform generate-kek /etc/sft/ca-kek.key
+    """
+    from services.ca.key_encryption import generate_key_file
+
+    try:
+        kek = generate_key_file(path)
+    except SftError as exc:
+        fail(exc.message)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}")
+    click.echo(f"wrote key-encryption key {kek.key_id} to {path}")

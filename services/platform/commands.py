@@ -10,23 +10,29 @@ from dataclasses import dataclass
 
 import structlog
 
+from runtime.config import ConfigError
 from runtime.database import Database, redact_url
 from runtime.errors import Conflict, FailedPrecondition
 from runtime.migrations import pending_services, upgrade
 from runtime.server import PlatformServer
 from runtime.tls import TLSFiles, ca_sha256, ensure_dev_pki
+from services.ca.key_encryption import KeyEncryption, LocalKeyEncryption, generate_key_file
 from services.platform.registry import histories_for, service_bindings
-from services.platform.settings import PlatformSettings, check_data_dir
+from services.platform.settings import SERVICE_NAMES, PlatformSettings, check_data_dir
 
 __all__ = [
     "BootstrapResult",
     "bootstrap_team",
+    "ca_key_encryption",
     "issue_code_for",
     "migrate_platform",
     "serve_platform",
 ]
 
 log = structlog.get_logger("sft.platform")
+
+#: Where a laptop platform keeps the CA's key-encryption key (outside the database).
+DEV_KEK_FILE = "ca-kek.key"
 
 
 def platform_tls(settings: PlatformSettings) -> TLSFiles:
@@ -36,7 +42,27 @@ def platform_tls(settings: PlatformSettings) -> TLSFiles:
     hosts = ["localhost", "127.0.0.1", "::1", socket.gethostname(), *settings.tls_server_names]
     if settings.listen.host not in ("0.0.0.0", "::", ""):
         hosts.insert(0, settings.listen.host)
-    return ensure_dev_pki(settings.data_dir / "tls", hosts)
+    return ensure_dev_pki(settings.data_dir / "tls", hosts, services=SERVICE_NAMES)
+
+
+def ca_key_encryption(settings: PlatformSettings) -> KeyEncryption:
+    """Return the CA's key-encryption key from the settings (or the laptop's own file)."""
+    if settings.ca_kek is not None:
+        return LocalKeyEncryption.from_env(settings.ca_kek.get_secret_value())
+    if settings.ca_kek_file is not None:
+        return LocalKeyEncryption.from_file(settings.ca_kek_file)
+    if settings.database_url is not None:
+        # Every replica must seal and open CA keys with the same KEK; one made here
+        # would be this process's alone.
+        raise ConfigError(
+            "the CA service needs a key-encryption key shared by every replica: set "
+            "ca_kek_file or SFT_PLATFORM_CA_KEK (make one with `sft-platform generate-kek`)"
+        )
+    path = settings.data_dir / DEV_KEK_FILE
+    if path.exists():
+        return LocalKeyEncryption.from_file(path)
+    log.info("made a key-encryption key for the CA", path=str(path))
+    return generate_key_file(path)
 
 
 @asynccontextmanager
@@ -89,10 +115,17 @@ async def serve_platform(settings: PlatformSettings) -> None:
             await _apply_pending(database, settings.services)
         await require_migrated(database, settings.services)
         server = PlatformServer(
-            service_bindings(settings.services, database),
+            service_bindings(
+                settings.services,
+                database,
+                ca_key_encryption=(
+                    ca_key_encryption(settings) if "ca" in settings.services else None
+                ),
+            ),
             settings.listen,
             platform_tls(settings),
             metrics_listen=settings.metrics_listen,
+            internal_listen=settings.internal_listen,
             grace_seconds=settings.shutdown_grace_seconds,
         )
         await server.run_until_signalled()

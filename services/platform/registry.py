@@ -9,6 +9,7 @@ from runtime.migrations import MigrationHistory
 from runtime.server import ServiceBinding
 from services.auth import app as auth_app
 from services.ca import app as ca_app
+from services.ca.key_encryption import KeyEncryption
 from services.inventory import app as inventory_app
 
 __all__ = ["APPS", "histories_for", "service_bindings"]
@@ -22,6 +23,21 @@ def histories_for(services: tuple[str, ...]) -> list[MigrationHistory]:
     return [APPS[name].HISTORY for name in APPS if name in services]
 
 
-def service_bindings(services: tuple[str, ...], database: Database) -> list[ServiceBinding]:
-    """Return the gRPC bindings of `services`, sharing `database`."""
-    return [APPS[name].binding(database) for name in APPS if name in services]
+def service_bindings(
+    services: tuple[str, ...], database: Database, *, ca_key_encryption: KeyEncryption | None
+) -> list[ServiceBinding]:
+    """Return the gRPC bindings of `services`, sharing `database`.
+
+    `ca_key_encryption` seals the CA's keys; it is required when the CA is served.
+    """
+    bindings = []
+    for name in APPS:
+        if name not in services:
+            continue
+        if name == "ca":
+            if ca_key_encryption is None:
+                raise ValueError("the CA service needs its key-encryption key")
+            bindings.append(ca_app.binding(database, ca_key_encryption))
+        else:
+            bindings.append(APPS[name].binding(database))
+    return bindings

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator, model_validator
 
 from runtime.config import ConfigError
 from runtime.database import default_sqlite_url, normalize_database_url
@@ -35,6 +35,9 @@ class PlatformSettings(BaseModel):
 
     #: Address the gRPC endpoint listens on (TLS always).
     listen: Endpoint = Endpoint("127.0.0.1", 8443)
+    #: Address platform services call each other on: mutual TLS, service
+    #: certificates only. `off` runs without one (then no service can call another).
+    internal_listen: Endpoint | None = Endpoint("127.0.0.1", 8444)
     #: URL clients are told to use; defaults to https://<listen>.
     public_url: str | None = None
     #: Holds the SQLite database and the self-made TLS material in dev.
@@ -53,15 +56,32 @@ class PlatformSettings(BaseModel):
     tls_ca_file: Path | None = None
     #: Extra DNS names / IPs for the self-made server certificate.
     tls_server_names: tuple[str, ...] = ()
+    #: File holding the CA's key-encryption key (base64 of 32 bytes, mode 0600).
+    ca_kek_file: Path | None = None
+    #: The CA's key-encryption key itself (base64), e.g. from a Kubernetes Secret
+    #: via SFT_PLATFORM_CA_KEK. Give this or ca_kek_file, not both. With neither,
+    #: a laptop platform on its default SQLite file makes data_dir/ca-kek.key.
+    ca_kek: SecretStr | None = None
     #: Apply pending migrations at start instead of refusing to serve.
     auto_migrate: bool = False
     #: Seconds calls in flight get to finish after SIGTERM.
     shutdown_grace_seconds: float = 10.0
 
-    @field_validator("listen", "metrics_listen", mode="before")
+    @field_validator("listen", "metrics_listen", "internal_listen", mode="before")
     @classmethod
     def _endpoint(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("off", "none", ""):
+            return None
         return parse_endpoint(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _distinct_listeners(self) -> PlatformSettings:
+        if self.internal_listen is not None and self.internal_listen == self.listen:
+            raise ValueError(
+                "internal_listen must differ from listen: the internal listener requires "
+                "service certificates, the public one must not"
+            )
+        return self
 
     @field_validator("services", "tls_server_names", mode="before")
     @classmethod
@@ -99,6 +119,12 @@ class PlatformSettings(BaseModel):
         given = [self.tls_cert_file, self.tls_key_file, self.tls_ca_file]
         if any(given) and not all(given):
             raise ValueError("give tls_cert_file, tls_key_file and tls_ca_file together, or none")
+        return self
+
+    @model_validator(mode="after")
+    def _one_kek_source(self) -> PlatformSettings:
+        if self.ca_kek_file is not None and self.ca_kek is not None:
+            raise ValueError("give ca_kek_file or ca_kek, not both")
         return self
 
     @property

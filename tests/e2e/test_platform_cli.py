@@ -67,9 +67,7 @@ def test_serve_answers_health_reflection_and_metrics_then_stops_on_sigterm(
             assert "grpc.health.v1.Health" in listed
             # A contract RPC that a later version implements answers UNIMPLEMENTED, politely.
             with pytest.raises(grpc.RpcError) as caught:
-                channel.unary_unary("/sft.ca.v1.CertificateAuthorityService/GetAuthorities")(
-                    b"", timeout=5
-                )
+                channel.unary_unary("/sft.inventory.v1.ProjectService/GetProject")(b"", timeout=5)
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
             assert "not implemented" in caught.value.details()
         metrics = (
@@ -82,6 +80,8 @@ def test_serve_answers_health_reflection_and_metrics_then_stops_on_sigterm(
     finally:
         assert platform.stop() == 0, platform.log()
     assert '"stopped"' in platform.log() or "stopped" in platform.log()
+    # A laptop platform makes the CA's key-encryption key beside, not inside, its database.
+    assert (migrated / "ca-kek.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_serve_runs_a_subset_of_services(migrated: Path) -> None:
@@ -103,9 +103,16 @@ def test_serve_on_postgres(tmp_path: Path, postgres_url: str) -> None:
     env = {"SFT_PLATFORM_DATABASE_URL": postgres_url}
     result = run_platform("migrate", "--data-dir", str(data_dir), env=env)
     assert result.returncode == 0, result.stderr
-    platform = PlatformProcess(data_dir, env=env).start()
+    # Replicas share one database, so they must share the CA's key-encryption key too.
+    error = _one_line_error(run_platform("serve", "--data-dir", str(data_dir), env=env))
+    assert "ca_kek_file or SFT_PLATFORM_CA_KEK" in error
+    result = run_platform("generate-kek", str(tmp_path / "kek"))
+    assert result.returncode == 0, result.stderr
+    kek = (tmp_path / "kek").read_text().strip()
+    platform = PlatformProcess(data_dir, env={**env, "SFT_PLATFORM_CA_KEK": kek}).start()
     platform.stop()
     assert not (data_dir / "platform.db").exists()
+    assert not (data_dir / "ca-kek.key").exists()
 
 
 def test_serve_refuses_an_unmigrated_database_and_names_the_command(tmp_path: Path) -> None:

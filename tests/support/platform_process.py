@@ -46,6 +46,7 @@ class PlatformProcess:
         self.data_dir = data_dir
         self.port = free_port()
         self.metrics_port = free_port()
+        self.internal_port = free_port()
         self.log_path = data_dir.parent / f"platform-{self.port}.log"
         self.args = [
             PLATFORM_BIN,
@@ -56,6 +57,8 @@ class PlatformProcess:
             f"127.0.0.1:{self.port}",
             "--metrics-listen",
             f"127.0.0.1:{self.metrics_port}",
+            "--internal-listen",
+            f"127.0.0.1:{self.internal_port}",
             *extra,
         ]
         self.env = {**os.environ, **(env or {})}

@@ -245,10 +245,10 @@ Global___UserCertificateExtensions: _TypeAlias = UserCertificateExtensions  # no
 @_typing.final
 class SignUserCertificateRequest(_message.Message):
     """Request for SignUserCertificate. The certificate's key id is
-    `user=<user>,device=<device>,request=<request_id>`, where <user> is the user
-    resource name and <device> the device id (`-` when there is none), so sshd's
-    log line names who logged in, from which device, and which request issued
-    the certificate.
+    `user=<user>@<team> project=<project> device=<device> request=<request_id>`,
+    where <user>, <team> and <project> are ids and <device> is the device id (`-`
+    when there is none), so sshd's log line names who logged in, from which
+    device, and which request issued the certificate.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -262,6 +262,7 @@ class SignUserCertificateRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     EXTENSIONS_FIELD_NUMBER: _builtins.int
     SOURCE_ADDRESSES_FIELD_NUMBER: _builtins.int
+    ALLOW_PRIVILEGED_ACCOUNT_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Required. Project resource name: `teams/{team}/projects/{project}`."""
     public_key: _builtins.str
@@ -290,6 +291,10 @@ class SignUserCertificateRequest(_message.Message):
     """Required. Request id of the originating platform request; goes into the
     key id and the issuance log. At most 64 characters of `[A-Za-z0-9._-]`.
     """
+    allow_privileged_account: _builtins.bool
+    """Sign for a privileged account (`root`, `Administrator`). Refused unless
+    set; the caller sets it only when the project allows admin-account names.
+    """
     @_builtins.property
     def extensions(self) -> Global___UserCertificateExtensions:
         """Extensions to grant."""
@@ -298,7 +303,7 @@ class SignUserCertificateRequest(_message.Message):
     def source_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional `source-address` critical option: CIDR blocks (e.g.
         `203.0.113.7/32`, `2001:db8::/48`) the certificate may be used from. At
-        most 32 entries. Empty means from anywhere.
+        most 64 entries. Empty means from anywhere.
         """
 
     def __init__(
@@ -313,10 +318,11 @@ class SignUserCertificateRequest(_message.Message):
         request_id: _builtins.str = ...,
         extensions: Global___UserCertificateExtensions | None = ...,
         source_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        allow_privileged_account: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["extensions", b"extensions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "extensions", b"extensions", "principal", b"principal", "project", b"project", "public_key", b"public_key", "request_id", b"request_id", "source_addresses", b"source_addresses", "ttl_seconds", b"ttl_seconds", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_privileged_account", b"allow_privileged_account", "device", b"device", "extensions", b"extensions", "principal", b"principal", "project", b"project", "public_key", b"public_key", "request_id", b"request_id", "source_addresses", b"source_addresses", "ttl_seconds", b"ttl_seconds", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -373,8 +379,7 @@ Global___SignUserCertificateResponse: _TypeAlias = SignUserCertificateResponse  
 @_typing.final
 class SignHostCertificateRequest(_message.Message):
     """Request for SignHostCertificate. The certificate's key id is
-    `server=<server>,request=<request_id>`, where <server> is the server
-    resource name.
+    `host=<first principal> server=<server id>`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -402,7 +407,7 @@ class SignHostCertificateRequest(_message.Message):
     @_builtins.property
     def principals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Required. Principals: every name and address clients may dial (hostname,
-        canonical name, alt names, IP addresses). 1 to 64 entries, each at most
+        canonical name, alt names, IP addresses). 1 to 256 entries, each at most
         253 characters.
         """
 
@@ -494,6 +499,7 @@ class SignClientCertificateRequest(_message.Message):
     PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ALLOW_PRIVILEGED_ACCOUNT_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Required. Project resource name: `teams/{team}/projects/{project}`."""
     user: _builtins.str
@@ -521,6 +527,10 @@ class SignClientCertificateRequest(_message.Message):
     """
     request_id: _builtins.str
     """Required. Request id of the originating platform request."""
+    allow_privileged_account: _builtins.bool
+    """Sign for a privileged account (`root`, `Administrator`). Refused unless
+    set; the caller sets it only when the project allows admin-account names.
+    """
     def __init__(
         self,
         *,
@@ -532,10 +542,11 @@ class SignClientCertificateRequest(_message.Message):
         public_key_pem: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        allow_privileged_account: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "key", b"key", "public_key_pem", b"public_key_pem"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_name", b"account_name", "csr_pem", b"csr_pem", "key", b"key", "project", b"project", "public_key_pem", b"public_key_pem", "request_id", b"request_id", "server", b"server", "ttl_seconds", b"ttl_seconds", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_name", b"account_name", "allow_privileged_account", b"allow_privileged_account", "csr_pem", b"csr_pem", "key", b"key", "project", b"project", "public_key_pem", b"public_key_pem", "request_id", b"request_id", "server", b"server", "ttl_seconds", b"ttl_seconds", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_key: _TypeAlias = _typing.Literal["csr_pem", "public_key_pem"]  # noqa: Y015
     _WhichOneofArgType_key: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
