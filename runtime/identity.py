@@ -30,8 +30,18 @@ class Identity:
     """A caller as the platform sees it after authentication."""
 
     kind: CallerKind
+    #: USER / SERVICE_USER: the user id; AGENT: the server id; PLATFORM_SERVICE: its name.
     name: str
     team: str | None = None
+    #: USER only: the device resource name the token was issued to.
+    device: str | None = None
+    #: Id of the access token the caller presented (never the token itself).
+    token_id: str | None = None
+
+    @property
+    def user_resource(self) -> str:
+        """Return `teams/{team}/users/{name}` (meaningful for USER and SERVICE_USER)."""
+        return f"teams/{self.team}/users/{self.name}"
 
     def __str__(self) -> str:
         team = f"{self.team}/" if self.team else ""

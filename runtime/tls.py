@@ -139,8 +139,11 @@ def _san_entries(hosts: list[str]) -> list[x509.GeneralName]:
 
 def _server_cert_is_current(path: Path, hosts: list[str], ca: x509.Certificate) -> bool:
     try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        chain = x509.load_pem_x509_certificates(path.read_bytes())
     except (OSError, ValueError):
+        return False
+    cert = chain[0]
+    if ca not in chain[1:]:
         return False
     if cert.issuer != ca.subject or cert.not_valid_after_utc - SERVER_RENEW_BEFORE < _now():
         return False
@@ -173,7 +176,12 @@ def _issue_server_cert(
         .sign(ca_key, hashes.SHA256())
     )
     write_private(directory / "server.key", _pem_key(key))
-    write_private(directory / "server.pem", cert.public_bytes(serialization.Encoding.PEM))
+    # The chain ends with the CA itself: `sft enroll` finds it there and checks it
+    # against the SHA-256 its enrollment code pins before trusting anything.
+    chain = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(
+        serialization.Encoding.PEM
+    )
+    write_private(directory / "server.pem", chain)
 
 
 def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:

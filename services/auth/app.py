@@ -5,6 +5,7 @@ from __future__ import annotations
 from runtime.database import Database
 from runtime.migrations import MigrationHistory
 from runtime.server import ServiceBinding
+from services.auth.service import DeviceServicer, TokenServicer
 
 __all__ = ["HISTORY", "binding"]
 
@@ -16,4 +17,11 @@ HISTORY = MigrationHistory(
 def binding(database: Database) -> ServiceBinding:
     """Return the auth service's gRPC services, bound to `database`."""
     # RPCs without an implementation yet answer UNIMPLEMENTED (see ServiceBinding).
-    return ServiceBinding.from_package("auth", "sft.auth.v1", implementations={})
+    return ServiceBinding.from_package(
+        "auth",
+        "sft.auth.v1",
+        implementations={
+            "DeviceService": DeviceServicer(database),
+            "TokenService": TokenServicer(database),
+        },
+    )

@@ -5,12 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import DateTime, MetaData, String
+from sqlalchemy import ForeignKey, Index, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from runtime.database import NAMING_CONVENTION
+from runtime.database import NAMING_CONVENTION, UTCDateTime
 
-__all__ = ["Base", "EnrollmentCode"]
+__all__ = [
+    "AccessTokenRow",
+    "Base",
+    "DeviceRow",
+    "EnrollmentCode",
+    "FailedAttempt",
+    "UsedAssertion",
+]
 
 
 def _now() -> dt.datetime:
@@ -35,6 +42,72 @@ class EnrollmentCode(Base):
     #: Hex SHA-256 of the code's secret; the code itself is never stored.
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    expire_time: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=_now)
+    expire_time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class DeviceRow(Base):
+    """A client machine enrolled by a user; only its public key is known here."""
+
+    __tablename__ = "auth_devices"
+
+    #: Server-assigned id, the last segment of the device resource name.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    team: Mapped[str] = mapped_column(String(63))
+    #: teams/{team}/users/{user}
+    user: Mapped[str] = mapped_column(String(200), index=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    hostname: Mapped[str] = mapped_column(String(253))
+    os: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(String(200))
+    #: SHA256:… of the OpenSSH key blob: the `kid` of the device's assertions.
+    fingerprint: Mapped[str] = mapped_column(String(60), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    create_time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_use_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    revoke_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class AccessTokenRow(Base):
+    """An issued bearer token, stored by hash only."""
+
+    __tablename__ = "auth_access_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: Hex SHA-256 of the token; the token itself is never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    team: Mapped[str] = mapped_column(String(63))
+    #: USER / SERVICE_USER: teams/{team}/users/{user}; SERVER: the server resource name.
+    principal: Mapped[str] = mapped_column(String(300))
+    device_id: Mapped[str | None] = mapped_column(
+        ForeignKey("auth_devices.id", ondelete="CASCADE"), default=None, index=True
+    )
+    create_time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expire_time: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class UsedAssertion(Base):
+    """A key assertion's jti, kept until it expires so it cannot be replayed."""
+
+    __tablename__ = "auth_used_assertions"
+
+    issuer: Mapped[str] = mapped_column(String(300), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expire_time: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class FailedAttempt(Base):
+    """A refused guess at a secret (e.g. an enrollment code), for rate limiting by source."""
+
+    __tablename__ = "auth_failed_attempts"
+    __table_args__ = (
+        Index("ix_auth_failed_attempts_scope_source", "scope", "source", "create_time"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(32))
+    #: Who guessed: the peer's IP address.
+    source: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -17,7 +17,7 @@ from runtime.migrations import pending_services, upgrade
 from runtime.server import PlatformServer
 from runtime.tls import TLSFiles, ca_sha256, ensure_dev_pki
 from services.ca.key_encryption import KeyEncryption, LocalKeyEncryption, generate_key_file
-from services.platform.registry import histories_for, service_bindings
+from services.platform.registry import authenticator_for, histories_for, service_bindings
 from services.platform.settings import SERVICE_NAMES, PlatformSettings, check_data_dir
 
 __all__ = [
@@ -124,6 +124,7 @@ async def serve_platform(settings: PlatformSettings) -> None:
             ),
             settings.listen,
             platform_tls(settings),
+            authenticate=authenticator_for(settings.services, database),
             metrics_listen=settings.metrics_listen,
             internal_listen=settings.internal_listen,
             grace_seconds=settings.shutdown_grace_seconds,

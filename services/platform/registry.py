@@ -5,14 +5,16 @@ from __future__ import annotations
 from types import ModuleType
 
 from runtime.database import Database
+from runtime.identity import Authenticator
 from runtime.migrations import MigrationHistory
 from runtime.server import ServiceBinding
 from services.auth import app as auth_app
+from services.auth.service import TokenVerifier
 from services.ca import app as ca_app
 from services.ca.key_encryption import KeyEncryption
 from services.inventory import app as inventory_app
 
-__all__ = ["APPS", "histories_for", "service_bindings"]
+__all__ = ["APPS", "authenticator_for", "histories_for", "service_bindings"]
 
 #: In dependency order: auth and inventory call the CA.
 APPS: dict[str, ModuleType] = {"ca": ca_app, "inventory": inventory_app, "auth": auth_app}
@@ -41,3 +43,15 @@ def service_bindings(
         else:
             bindings.append(APPS[name].binding(database))
     return bindings
+
+
+def authenticator_for(services: tuple[str, ...], database: Database) -> Authenticator | None:
+    """Return how this process turns bearer tokens into identities.
+
+    A process serving auth checks tokens in its own database. (A process without
+    auth will ask auth's VerifyAccessToken over the internal listener: the
+    multi-process deployment issue.)
+    """
+    if "auth" in services:
+        return TokenVerifier(database)
+    return None

@@ -1,0 +1,410 @@
+"""Device enrollment and access tokens through the real auth server, on SQLite and
+PostgreSQL: one-time codes, key assertions that cannot be replayed, bearer tokens
+checked on every call, and revocation that takes effect at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy import select
+
+from runtime.database import Database
+from runtime.migrations import upgrade
+from runtime.pinned_codes import CodeKind, PinnedCode
+from runtime.server import Endpoint, PlatformServer, ServiceBinding
+from runtime.service_identity import service_channel
+from runtime.tls import TLSFiles, ensure_dev_pki, service_tls_files
+from services.auth import app as auth_app
+from services.auth.assertions import ASSERTION_AUDIENCE
+from services.auth.enrollment_codes import issue_enrollment_code
+from services.auth.models import AccessTokenRow, DeviceRow, EnrollmentCode
+from services.auth.service import (
+    ENROLL_FAILURES_ALLOWED,
+    DeviceServicer,
+    TokenServicer,
+    TokenVerifier,
+)
+from sft.auth.v1 import (
+    device_pb2,
+    device_service_pb2,
+    device_service_pb2_grpc,
+    identity_pb2,
+    token_service_pb2,
+    token_service_pb2_grpc,
+)
+
+PIN = hashlib.sha256(b"platform ca").digest()
+
+
+@dataclass
+class AuthServer:
+    """A started auth service and ways to call it."""
+
+    server: PlatformServer
+    database: Database
+    tls: TLSFiles
+    tls_dir: Path
+    channels: list[grpc.aio.Channel]
+
+    def _public(self) -> grpc.aio.Channel:
+        channel = grpc.aio.secure_channel(
+            f"127.0.0.1:{self.server.port}",
+            grpc.ssl_channel_credentials(self.tls.ca_file.read_bytes()),
+        )
+        self.channels.append(channel)
+        return channel
+
+    def devices(self) -> device_service_pb2_grpc.DeviceServiceStub:
+        return device_service_pb2_grpc.DeviceServiceStub(self._public())
+
+    def tokens(self) -> token_service_pb2_grpc.TokenServiceStub:
+        return token_service_pb2_grpc.TokenServiceStub(self._public())
+
+    def tokens_as(self, service: str) -> token_service_pb2_grpc.TokenServiceStub:
+        channel = service_channel(
+            f"127.0.0.1:{self.server.internal_port}", service_tls_files(self.tls_dir, service)
+        )
+        self.channels.append(channel)
+        return token_service_pb2_grpc.TokenServiceStub(channel)
+
+    async def code(self, user: str = "teams/acme/users/ada", **kwargs: Any) -> str:
+        async with self.database.sessions.begin() as session:
+            issued = await issue_enrollment_code(
+                session,
+                team=user.split("/")[1],
+                user=user,
+                created_by="test",
+                ca_sha256=PIN,
+                **kwargs,
+            )
+        return issued.code
+
+
+@pytest.fixture
+async def auth(database_url: str, tmp_path: Path) -> AsyncIterator[AuthServer]:
+    tls_dir = tmp_path / "tls"
+    tls = ensure_dev_pki(tls_dir, ["127.0.0.1"], services=("ca", "inventory", "auth"))
+    database = Database.connect(database_url)
+    await upgrade(database, [auth_app.HISTORY])
+    binding = ServiceBinding.from_package(
+        "auth",
+        "sft.auth.v1",
+        implementations={
+            "DeviceService": DeviceServicer(database),
+            "TokenService": TokenServicer(database),
+        },
+    )
+    server = PlatformServer(
+        [binding],
+        Endpoint("127.0.0.1", 0),
+        tls,
+        authenticate=TokenVerifier(database),
+        internal_listen=Endpoint("127.0.0.1", 0),
+        grace_seconds=0,
+    )
+    await server.start()
+    running = AuthServer(server, database, tls, tls_dir, [])
+    try:
+        yield running
+    finally:
+        for channel in running.channels:
+            await channel.close()
+        await server.stop()
+        await database.close()
+
+
+@dataclass
+class Device:
+    """A device key and the name the platform gave it."""
+
+    key: ed25519.Ed25519PrivateKey
+    name: str
+    fingerprint: str
+
+    def assertion(self, **overrides: Any) -> str:
+        now = int(dt.datetime.now(dt.UTC).timestamp())
+        claims: dict[str, Any] = {
+            "iss": self.name,
+            "sub": self.name,
+            "aud": ASSERTION_AUDIENCE,
+            "iat": now,
+            "exp": now + 60,
+            "jti": secrets.token_urlsafe(16),
+        }
+        claims.update(overrides)
+        signer = overrides.pop("_key", None) or self.key
+        claims.pop("_key", None)
+        return jwt.encode(
+            claims, signer, algorithm="EdDSA", headers={"kid": self.fingerprint, "typ": "JWT"}
+        )
+
+
+def _public_line(key: ed25519.Ed25519PrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+
+
+async def _enroll(auth: AuthServer, code: str, team: str = "teams/acme") -> Device:
+    key = ed25519.Ed25519PrivateKey.generate()
+    reply = await auth.devices().EnrollDevice(
+        device_service_pb2.EnrollDeviceRequest(
+            team=team, code=code, public_key=_public_line(key), hostname="laptop", os="linux"
+        )
+    )
+    return Device(key, reply.device.name, reply.device.public_key_fingerprint)
+
+
+async def _token(auth: AuthServer, device: Device) -> str:
+    reply = await auth.tokens().CreateAccessToken(
+        token_service_pb2.CreateAccessTokenRequest(assertion=device.assertion())
+    )
+    return str(reply.access_token)
+
+
+def _bearer(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def _refusal(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def test_enrolled_device_gets_a_token_that_identifies_it(auth: AuthServer) -> None:
+    device = await _enroll(auth, await auth.code())
+    assert device.name.startswith("teams/acme/users/ada/devices/")
+    reply = await auth.tokens().CreateAccessToken(
+        token_service_pb2.CreateAccessTokenRequest(assertion=device.assertion())
+    )
+    assert reply.identity.kind == identity_pb2.IDENTITY_KIND_USER
+    assert reply.identity.user == "teams/acme/users/ada"
+    assert reply.identity.device == device.name
+    lifetime = reply.expire_time.ToDatetime(dt.UTC) - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(minutes=59) < lifetime <= dt.timedelta(hours=1)
+    listed = await auth.devices().ListDevices(
+        device_service_pb2.ListDevicesRequest(parent="teams/acme/users/ada"),
+        metadata=_bearer(reply.access_token),
+    )
+    assert [d.name for d in listed.devices] == [device.name]
+    assert listed.devices[0].HasField("last_use_time")
+    # Only the token's hash is stored.
+    async with auth.database.sessions() as session:
+        stored = list(await session.scalars(select(AccessTokenRow.token_hash)))
+    assert reply.access_token not in stored
+    assert hashlib.sha256(reply.access_token.encode()).hexdigest() in stored
+
+
+@pytest.mark.parametrize(
+    ("case", "mutate"),
+    [
+        ("used", None),
+        (
+            "expired",
+            {"ttl": dt.timedelta(minutes=1), "now": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)},
+        ),
+        ("other-team", "teams/other"),
+        ("garbage", "sftc1_nope_nope"),
+        ("token-not-code", "TOKEN"),
+    ],
+)
+async def test_bad_enrollment_codes_are_unauthenticated_with_one_message(
+    auth: AuthServer, case: str, mutate: Any
+) -> None:
+    team = "teams/acme"
+    if case == "used":
+        code = await auth.code()
+        await _enroll(auth, code)
+    elif case == "expired":
+        code = await auth.code(**mutate)
+    elif case == "other-team":
+        code, team = await auth.code(), mutate
+    elif case == "token-not-code":
+        code = PinnedCode.generate(CodeKind.SERVER_ENROLLMENT, PIN).encode()
+    else:
+        code = mutate
+    error = await _refusal(_enroll(auth, code, team))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "\n" not in (error.details() or "")
+    async with auth.database.sessions() as session:
+        devices = list(await session.scalars(select(DeviceRow)))
+    assert len(devices) == (1 if case == "used" else 0)
+
+
+async def test_refused_key_leaves_the_code_unused(auth: AuthServer) -> None:
+    code = await auth.code()
+    error = await _refusal(
+        auth.devices().EnrollDevice(
+            device_service_pb2.EnrollDeviceRequest(
+                team="teams/acme", code=code, public_key="ssh-rsa AAAAB3NzaC1yc2E="
+            )
+        )
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    async with auth.database.sessions() as session:
+        row = await session.scalar(select(EnrollmentCode))
+    assert row is not None and row.used_at is None
+    await _enroll(auth, code)  # still good
+
+
+async def test_repeated_bad_guesses_are_rate_limited(auth: AuthServer) -> None:
+    for _ in range(ENROLL_FAILURES_ALLOWED):
+        bad = PinnedCode.generate(CodeKind.DEVICE_ENROLLMENT, PIN).encode()
+        error = await _refusal(_enroll(auth, bad))
+        assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    good = await auth.code()
+    error = await _refusal(_enroll(auth, good))
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "wait 10 minutes" in (error.details() or "")
+
+
+def _other_key() -> dict[str, Any]:
+    return {"_key": ed25519.Ed25519PrivateKey.generate()}
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "expected"),
+    [
+        ("expired", {"iat": 1_600_000_000, "exp": 1_600_000_060}, "expired"),
+        ("too-long", {"exp_in": 3600}, "longer than 300"),
+        ("future", {"iat_in": 600, "exp_in": 660}, "in the future"),
+        ("wrong-audience", {"aud": "/sft.auth.v1.TokenService/Other"}, "refused"),
+        ("short-jti", {"jti": "abc"}, "jti"),
+        ("forged", {"forge": True}, "signature does not match"),
+        ("other-issuer", {"iss": "teams/acme/users/eve/devices/x"}, "iss and sub"),
+    ],
+)
+async def test_bad_assertions_are_refused(
+    auth: AuthServer, case: str, overrides: dict[str, Any], expected: str
+) -> None:
+    device = await _enroll(auth, await auth.code())
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    claims = dict(overrides)
+    if "exp_in" in claims:
+        claims["exp"] = now + claims.pop("exp_in")
+    if "iat_in" in claims:
+        claims["iat"] = now + claims.pop("iat_in")
+    if claims.pop("forge", False):
+        claims.update(_other_key())
+    error = await _refusal(
+        auth.tokens().CreateAccessToken(
+            token_service_pb2.CreateAccessTokenRequest(assertion=device.assertion(**claims))
+        )
+    )
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert expected in (error.details() or "")
+
+
+async def test_an_assertion_cannot_be_replayed(auth: AuthServer) -> None:
+    device = await _enroll(auth, await auth.code())
+    assertion = device.assertion()
+    request = token_service_pb2.CreateAccessTokenRequest(assertion=assertion)
+    await auth.tokens().CreateAccessToken(request)
+    error = await _refusal(auth.tokens().CreateAccessToken(request))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "already used" in (error.details() or "")
+
+
+async def test_revoking_a_device_stops_its_tokens_and_key_at_once(auth: AuthServer) -> None:
+    device = await _enroll(auth, await auth.code())
+    token = await _token(auth, device)
+    revoked = await auth.devices().RevokeDevice(
+        device_service_pb2.RevokeDeviceRequest(name=device.name), metadata=_bearer(token)
+    )
+    assert revoked.device.state == device_pb2.DEVICE_STATE_REVOKED
+    error = await _refusal(
+        auth.devices().ListDevices(
+            device_service_pb2.ListDevicesRequest(parent="teams/acme/users/ada"),
+            metadata=_bearer(token),
+        )
+    )
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    error = await _refusal(_token(auth, device))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (error.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("case", "call"),
+    [
+        (
+            "no-token",
+            lambda d, t: d.ListDevices(
+                device_service_pb2.ListDevicesRequest(parent="teams/acme/users/ada")
+            ),
+        ),
+        (
+            "bad-scheme",
+            lambda d, t: d.ListDevices(
+                device_service_pb2.ListDevicesRequest(parent="teams/acme/users/ada"),
+                metadata=(("authorization", f"Basic {t}"),),
+            ),
+        ),
+        (
+            "unknown-token",
+            lambda d, t: d.ListDevices(
+                device_service_pb2.ListDevicesRequest(parent="teams/acme/users/ada"),
+                metadata=_bearer("sfta1_" + "x" * 43),
+            ),
+        ),
+    ],
+)
+async def test_calls_without_a_valid_token_are_unauthenticated(
+    auth: AuthServer, case: str, call: Callable[[Any, str], Any]
+) -> None:
+    token = await _token(auth, await _enroll(auth, await auth.code()))
+    error = await _refusal(call(auth.devices(), token))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_users_see_and_revoke_only_their_own_devices(auth: AuthServer) -> None:
+    ada = await _enroll(auth, await auth.code())
+    bob = await _enroll(auth, await auth.code("teams/acme/users/bob"))
+    bob_token = await _token(auth, bob)
+    for request in (
+        auth.devices().ListDevices(
+            device_service_pb2.ListDevicesRequest(parent="teams/acme/users/ada"),
+            metadata=_bearer(bob_token),
+        ),
+        auth.devices().ListDevices(
+            device_service_pb2.ListDevicesRequest(parent="teams/acme/users/-"),
+            metadata=_bearer(bob_token),
+        ),
+        auth.devices().RevokeDevice(
+            device_service_pb2.RevokeDeviceRequest(name=ada.name), metadata=_bearer(bob_token)
+        ),
+    ):
+        error = await _refusal(request)
+        assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "team admin" in (error.details() or "")
+
+
+async def test_verify_access_token_is_for_platform_services_only(auth: AuthServer) -> None:
+    device = await _enroll(auth, await auth.code())
+    token = await _token(auth, device)
+    request = token_service_pb2.VerifyAccessTokenRequest(access_token=token)
+    error = await _refusal(auth.tokens().VerifyAccessToken(request))
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+    verified = await auth.tokens_as("inventory").VerifyAccessToken(request)
+    assert verified.identity.device == device.name
+    error = await _refusal(
+        auth.tokens_as("inventory").VerifyAccessToken(
+            token_service_pb2.VerifyAccessTokenRequest(access_token="sfta1_unknown")  # noqa: S106
+        )
+    )
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
