@@ -286,7 +286,8 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):
                 )
             if device.state != repository.DEVICE_ACTIVE:
                 raise Unauthenticated(
-                    "this device was revoked; enroll it again with `sft enroll` and a new code"
+                    "this device was revoked; remove its local state (`sft unenroll --force`) "
+                    "and enroll again with a new code"
                 )
             verified = verify_assertion(
                 request.assertion, parse_device_key(device.public_key).key, header.issuer, now
