@@ -36,6 +36,9 @@ class Result:
     #: Candidate/baseline must be >= this (higher is better) or <= this (lower is better).
     target_ratio: float | None = None
     notes: dict[str, float | str] = field(default_factory=dict)
+    #: An absolute bound on the candidate itself, in `unit` (e.g. a p99 in ms an issue
+    #: states), checked in the direction of `better`, alongside any target ratio.
+    absolute_target: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -44,12 +47,20 @@ class Result:
 
     @property
     def meets_target(self) -> bool | None:
-        """Return whether the ratio meets its target (None when there is no target)."""
-        if self.target_ratio is None:
-            return None
-        if self.better == "higher":
-            return self.ratio >= self.target_ratio
-        return self.ratio <= self.target_ratio
+        """Return whether every target set is met (None when there is no target)."""
+        checks = [
+            self._within(value, target)
+            for value, target in (
+                (self.ratio, self.target_ratio),
+                (self.candidate, self.absolute_target),
+            )
+            if target is not None
+        ]
+        return all(checks) if checks else None
+
+    def _within(self, value: float, target: float) -> bool:
+        """Return whether `value` is on the good side of `target`."""
+        return value >= target if self.better == "higher" else value <= target
 
 
 CaseFunc = Callable[[bool], Coroutine[Any, Any, list[Result]]]
@@ -127,7 +138,12 @@ def _verdict(result: Result) -> str:
     if met is None:
         return "-"
     sign = ">=" if result.better == "higher" else "<="
-    return f"{'ok' if met else 'MISS'} ({sign} {result.target_ratio:g})"
+    bounds = []
+    if result.target_ratio is not None:
+        bounds.append(f"{sign} {result.target_ratio:g}")
+    if result.absolute_target is not None:
+        bounds.append(f"{sign} {result.absolute_target:g} {result.unit}")
+    return f"{'ok' if met else 'MISS'} ({'; '.join(bounds)})"
 
 
 def print_table(results: list[Result]) -> str:
