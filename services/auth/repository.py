@@ -4,10 +4,7 @@ transaction). Secrets arrive here already hashed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import json
 import secrets
 from collections.abc import Sequence
 
@@ -15,7 +12,8 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from runtime.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from runtime.errors import Conflict, NotFound, Unauthenticated
+from runtime.page_tokens import decode_page_token, encode_page_token, filter_digest
 from services.auth.models import (
     AccessTokenRow,
     DeviceRow,
@@ -175,9 +173,9 @@ async def list_devices(
         query = query.where(DeviceRow.user == user)
     if state is not None:
         query = query.where(DeviceRow.state == state)
-    filters = json.dumps([team, user, state])
+    filters = filter_digest(team, user, state)
     if page_token:
-        after_time, after_id = _decode_token(page_token, filters)
+        after_time, after_id = decode_page_token(page_token, filters)
         query = query.where(
             or_(
                 DeviceRow.create_time < after_time,
@@ -192,22 +190,7 @@ async def list_devices(
     if len(rows) <= size:
         return rows, ""
     last = rows[size - 1]
-    token = json.dumps({"t": last.create_time.isoformat(), "i": last.id, "f": filters})
-    return rows[:size], base64.urlsafe_b64encode(token.encode()).decode()
-
-
-def _decode_token(token: str, filters: str) -> tuple[dt.datetime, str]:
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after_time = dt.datetime.fromisoformat(payload["t"])
-        after_id, token_filters = str(payload["i"]), str(payload["f"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidInput(
-            "page_token is not valid; pass next_page_token from the previous response unchanged"
-        ) from None
-    if token_filters != filters:
-        raise InvalidInput("page_token was made for different filters; start again without it")
-    return after_time, after_id
+    return rows[:size], encode_page_token(last.create_time, last.id, filters)
 
 
 async def spend_assertion(

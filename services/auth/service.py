@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from runtime.cert_uris import split_user_name
+from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import InvalidInput, PermissionDenied, ResourceExhausted, Unauthenticated
 from runtime.identity import ANONYMOUS, CallerKind, Identity, current_identity
@@ -39,7 +38,6 @@ from sft.auth.v1 import (
 __all__ = ["DeviceServicer", "TokenServicer", "TokenVerifier"]
 
 Context = Any  # grpc.aio.ServicerContext; grpc ships no type information
-Clock = Callable[[], dt.datetime]
 
 #: Refused enrollment-code guesses allowed per source address and window.
 ENROLL_FAILURES_ALLOWED = 10
@@ -55,16 +53,6 @@ _STATES = {
     repository.DEVICE_ACTIVE: device_pb2.DEVICE_STATE_ACTIVE,
     repository.DEVICE_REVOKED: device_pb2.DEVICE_STATE_REVOKED,
 }
-
-
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _timestamp(value: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def _team_of(name: str) -> str:
@@ -96,12 +84,12 @@ def device_message(row: DeviceRow) -> device_pb2.Device:
         public_key=row.public_key,
         public_key_fingerprint=row.fingerprint,
         state=_STATES[row.state],
-        create_time=_timestamp(row.create_time),
+        create_time=timestamp(row.create_time),
     )
     if row.last_use_time is not None:
-        message.last_use_time.CopyFrom(_timestamp(row.last_use_time))
+        message.last_use_time.CopyFrom(timestamp(row.last_use_time))
     if row.revoke_time is not None:
-        message.revoke_time.CopyFrom(_timestamp(row.revoke_time))
+        message.revoke_time.CopyFrom(timestamp(row.revoke_time))
     return message
 
 
@@ -110,7 +98,7 @@ def _identity_message(row: AccessTokenRow, device: str) -> identity_pb2.Identity
         kind=_KINDS[row.kind],
         team=f"teams/{row.team}",
         token_id=row.id,
-        expire_time=_timestamp(row.expire_time),
+        expire_time=timestamp(row.expire_time),
     )
     if row.kind == "server":
         message.server = row.principal
@@ -135,7 +123,7 @@ def _require_user() -> Identity:
 class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
     """Serves sft.auth.v1.DeviceService."""
 
-    def __init__(self, database: Database, clock: Clock = _utc_now) -> None:
+    def __init__(self, database: Database, clock: Clock = utc_now) -> None:
         self._database = database
         self._clock = clock
 
@@ -265,7 +253,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):
     def __init__(
         self,
         database: Database,
-        clock: Clock = _utc_now,
+        clock: Clock = utc_now,
         ttl: dt.timedelta = dt.timedelta(seconds=ACCESS_TOKEN_TTL_SECONDS),
     ) -> None:
         self._database = database
@@ -311,7 +299,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):
             device.last_use_time = now
         return token_service_pb2.CreateAccessTokenResponse(
             access_token=token,
-            expire_time=_timestamp(row.expire_time),
+            expire_time=timestamp(row.expire_time),
             identity=_identity_message(row, header.issuer),
         )
 
@@ -328,7 +316,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):
 class TokenVerifier:
     """Turns `authorization: Bearer …` metadata into an Identity (the platform's authenticator)."""
 
-    def __init__(self, database: Database, clock: Clock = _utc_now) -> None:
+    def __init__(self, database: Database, clock: Clock = utc_now) -> None:
         self._database = database
         self._clock = clock
 

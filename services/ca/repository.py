@@ -4,11 +4,7 @@ transaction). Private keys pass through here only sealed, or unsealed into memor
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import hashlib
-import json
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -21,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.errors import Conflict, InvalidInput, NotFound
+from runtime.page_tokens import decode_page_token, encode_page_token, filter_digest
 from services.ca.authorities import (
     AuthorityKind,
     AuthorityState,
@@ -272,41 +269,15 @@ class IssuanceFilter:
 
     def digest(self) -> str:
         """Return a short hash of the filter, bound into page tokens."""
-        text = json.dumps(
-            [
-                self.team,
-                self.project,
-                self.kind,
-                self.subject,
-                self.request_id,
-                self.start_time.isoformat() if self.start_time else None,
-                self.end_time.isoformat() if self.end_time else None,
-            ]
+        return filter_digest(
+            self.team,
+            self.project,
+            self.kind,
+            self.subject,
+            self.request_id,
+            self.start_time.isoformat() if self.start_time else None,
+            self.end_time.isoformat() if self.end_time else None,
         )
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _encode_token(row: IssuanceRow, digest: str) -> str:
-    payload = json.dumps({"t": row.create_time.isoformat(), "i": row.id, "f": digest})
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str, digest: str) -> tuple[dt.datetime, int]:
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        create_time = dt.datetime.fromisoformat(payload["t"])
-        row_id, token_digest = int(payload["i"]), str(payload["f"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidInput(
-            "page_token is not valid; pass next_page_token from the previous response unchanged"
-        ) from None
-    if token_digest != digest:
-        raise InvalidInput(
-            "page_token was made for different filters; repeat the request with the same "
-            "filters, or start again without a page_token"
-        )
-    return create_time, row_id
 
 
 async def list_issuances(
@@ -331,7 +302,11 @@ async def list_issuances(
         query = query.where(IssuanceRow.create_time < where.end_time)
     digest = where.digest()
     if page_token:
-        after_time, after_id = _decode_token(page_token, digest)
+        after_time, after_text = decode_page_token(page_token, digest)
+        try:
+            after_id = int(after_text)
+        except ValueError:
+            raise InvalidInput("page_token is not valid; pass next_page_token unchanged") from None
         query = query.where(
             or_(
                 IssuanceRow.create_time < after_time,
@@ -345,4 +320,5 @@ async def list_issuances(
     )
     if len(rows) <= size:
         return rows, ""
-    return rows[:size], _encode_token(rows[size - 1], digest)
+    last = rows[size - 1]
+    return rows[:size], encode_page_token(last.create_time, last.id, digest)

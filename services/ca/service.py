@@ -11,10 +11,10 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.cert_uris import split_project_name, split_server_name, split_user_name
+from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import InvalidInput, NotFound
 from runtime.identity import current_identity
@@ -80,16 +80,6 @@ _ISSUANCE_KINDS = {
 _ISSUANCE_KINDS_TO_PROTO = {value: key for key, value in _ISSUANCE_KINDS.items()}
 
 
-def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _timestamp(value: dt.datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def _required(value: str, field: str, example: str) -> str:
     if not value:
         raise InvalidInput(f"{field} is required, e.g. {example}")
@@ -108,7 +98,7 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
         self,
         database: Database,
         key_encryption: KeyEncryption,
-        clock: Callable[[], dt.datetime] = _utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self._database = database
         self._keys = repository.SigningKeys(key_encryption)
@@ -124,12 +114,12 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             public_key=row.public_key,
             certificate_pem=row.certificate_pem,
             fingerprint=row.fingerprint,
-            create_time=_timestamp(row.create_time),
+            create_time=timestamp(row.create_time),
         )
         if row.not_after is not None:
-            message.not_after.CopyFrom(_timestamp(row.not_after))
+            message.not_after.CopyFrom(timestamp(row.not_after))
         if row.retire_time is not None:
-            message.retire_time.CopyFrom(_timestamp(row.retire_time))
+            message.retire_time.CopyFrom(timestamp(row.retire_time))
         return message
 
     async def CreateProjectAuthorities(
@@ -239,14 +229,7 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
                 self._keys.ssh_key_for(row), wanted, serial, now
             ),
         )
-        return ca_service_pb2.SignUserCertificateResponse(
-            certificate=signed.certificate,
-            serial=signed.serial,
-            key_id=signed.key_id,
-            valid_after=_timestamp(signed.valid_after),
-            valid_before=_timestamp(signed.valid_before),
-            authority_fingerprint=signed.ca_fingerprint,
-        )
+        return ca_service_pb2.SignUserCertificateResponse(**_ssh_response_fields(signed))
 
     async def SignHostCertificate(
         self, request: ca_service_pb2.SignHostCertificateRequest, context: Context
@@ -275,14 +258,7 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
                 self._keys.ssh_key_for(row), wanted, serial, now
             ),
         )
-        return ca_service_pb2.SignHostCertificateResponse(
-            certificate=signed.certificate,
-            serial=signed.serial,
-            key_id=signed.key_id,
-            valid_after=_timestamp(signed.valid_after),
-            valid_before=_timestamp(signed.valid_before),
-            authority_fingerprint=signed.ca_fingerprint,
-        )
+        return ca_service_pb2.SignHostCertificateResponse(**_ssh_response_fields(signed))
 
     async def SignClientCertificate(
         self, request: ca_service_pb2.SignClientCertificateRequest, context: Context
@@ -316,8 +292,8 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             certificate_pem=signed.certificate_pem,
             serial=signed.serial,
             uris=list(signed.uris),
-            valid_after=_timestamp(signed.valid_after),
-            valid_before=_timestamp(signed.valid_before),
+            valid_after=timestamp(signed.valid_after),
+            valid_before=timestamp(signed.valid_before),
             authority_fingerprint=signed.ca_fingerprint,
         )
 
@@ -352,8 +328,8 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             certificate_pem=signed.certificate_pem,
             serial=signed.serial,
             uri=signed.uris[0],
-            valid_after=_timestamp(signed.valid_after),
-            valid_before=_timestamp(signed.valid_before),
+            valid_after=timestamp(signed.valid_after),
+            valid_before=timestamp(signed.valid_before),
             authority_fingerprint=signed.ca_fingerprint,
         )
 
@@ -449,6 +425,18 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
 Signed = TypeVar("Signed", SignedSSHCertificate, SignedX509Certificate)
 
 
+def _ssh_response_fields(signed: SignedSSHCertificate) -> dict[str, Any]:
+    """Return the fields user and host certificate responses share."""
+    return {
+        "certificate": signed.certificate,
+        "serial": signed.serial,
+        "key_id": signed.key_id,
+        "valid_after": timestamp(signed.valid_after),
+        "valid_before": timestamp(signed.valid_before),
+        "authority_fingerprint": signed.ca_fingerprint,
+    }
+
+
 def _principals(signed: SignedSSHCertificate | SignedX509Certificate) -> tuple[str, ...]:
     if isinstance(signed, SignedSSHCertificate):
         return signed.principals
@@ -493,9 +481,9 @@ def _issuance(row: IssuanceRow) -> issuance_pb2.Issuance:
         key_id=row.key_id,
         key_fingerprint=row.key_fingerprint,
         authority_fingerprint=row.authority_fingerprint,
-        valid_after=_timestamp(row.valid_after),
-        valid_before=_timestamp(row.valid_before),
+        valid_after=timestamp(row.valid_after),
+        valid_before=timestamp(row.valid_before),
         caller=row.caller,
         request_id=row.request_id,
-        create_time=_timestamp(row.create_time),
+        create_time=timestamp(row.create_time),
     )
