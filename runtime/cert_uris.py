@@ -22,6 +22,7 @@ __all__ = [
     "server_uri",
     "split_project_name",
     "split_server_name",
+    "split_team_name",
     "split_user_name",
     "user_uri",
 ]
@@ -101,6 +102,17 @@ def parse_sft_uri(uri: str) -> SftUri:
     raise InvalidInput(
         f"URI {shown} names a {kind[:20]!r}; sft URIs name one of {', '.join(_KINDS)}"
     )
+
+
+def split_team_name(name: str) -> str:
+    """Return the team of a team resource name "teams/{team}"."""
+    parts = name.split("/")
+    if len(parts) != 2 or parts[0] != "teams" or not _TEAM_OR_PROJECT.fullmatch(parts[1]):
+        raise InvalidInput(
+            f"team {name[:200]!r} is not a team resource name; use teams/{{team}} "
+            f"({_SEGMENT_RULES})"
+        )
+    return parts[1]
 
 
 def split_project_name(name: str) -> tuple[str, str]:

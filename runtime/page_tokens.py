@@ -1,4 +1,4 @@
-"""Keyset page tokens for newest-first listings: opaque to callers, bound to their filters.
+"""Keyset paging for newest-first listings: tokens opaque to callers, bound to their filters.
 
 A token names the last row of a page (its time and id) and a digest of the filters
 it was made for, so a caller cannot page through one listing with another's token.
@@ -11,10 +11,28 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.errors import InvalidInput
 
-__all__ = ["decode_page_token", "encode_page_token", "filter_digest"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "decode_page_token",
+    "encode_page_token",
+    "filter_digest",
+    "newest_first_page",
+]
+
+#: What page_size 0 means, and the most one page returns (AIP-158 style).
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+Row = TypeVar("Row")
 
 
 def filter_digest(*filters: object) -> str:
@@ -46,3 +64,41 @@ def decode_page_token(token: str, digest: str) -> tuple[dt.datetime, str]:
             "filters, or start again without a page_token"
         )
     return after_time, after_id
+
+
+async def newest_first_page(
+    session: AsyncSession,
+    query: Select[Row],
+    row_type: Any,
+    *,
+    page_size: int,
+    page_token: str,
+    digest: str,
+    id_type: Callable[[str], object] = str,
+) -> tuple[Sequence[Row], str]:
+    """Return one page of `query` ordered by (create_time, id) descending, and the next token.
+
+    `row_type` is the mapped class, which must have `create_time` and `id` columns;
+    `id_type` turns the id in a token back into the column's type.
+    """
+    size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
+    if page_token:
+        after_time, after_text = decode_page_token(page_token, digest)
+        try:
+            after_id = id_type(after_text)
+        except ValueError:
+            raise InvalidInput(
+                "page_token is not valid; pass next_page_token from the previous response unchanged"
+            ) from None
+        query = query.where(
+            or_(
+                row_type.create_time < after_time,
+                and_(row_type.create_time == after_time, row_type.id < after_id),
+            )
+        )
+    ordered = query.order_by(row_type.create_time.desc(), row_type.id.desc()).limit(size + 1)
+    rows = list(await session.scalars(ordered))
+    if len(rows) <= size:
+        return rows, ""
+    last: Any = rows[size - 1]
+    return rows[:size], encode_page_token(last.create_time, last.id, digest)

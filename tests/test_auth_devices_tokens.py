@@ -408,3 +408,87 @@ async def test_verify_access_token_is_for_platform_services_only(auth: AuthServe
         )
     )
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_key_cannot_be_enrolled_twice_and_long_names_are_refused(
+    auth: AuthServer,
+) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    request = device_service_pb2.EnrollDeviceRequest(
+        team="teams/acme", code=await auth.code(), public_key=_public_line(key)
+    )
+    await auth.devices().EnrollDevice(request)
+    request.code = await auth.code()
+    error = await _refusal(auth.devices().EnrollDevice(request))
+    assert error.code() is grpc.StatusCode.ALREADY_EXISTS
+    request.public_key = _public_line(ed25519.Ed25519PrivateKey.generate())
+    request.display_name = "x" * 201
+    error = await _refusal(auth.devices().EnrollDevice(request))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "display_name" in (error.details() or "")
+    await auth.devices().EnrollDevice(  # neither refusal spent the second code
+        device_service_pb2.EnrollDeviceRequest(
+            team="teams/acme",
+            code=request.code,
+            public_key=_public_line(ed25519.Ed25519PrivateKey.generate()),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "rpc", "request_factory", "expected"),
+    [
+        (
+            "malformed-device",
+            "RevokeDevice",
+            lambda: device_service_pb2.RevokeDeviceRequest(name="laptop"),
+            "not a device resource name",
+        ),
+        (
+            "bad-page-token",
+            "ListDevices",
+            lambda: device_service_pb2.ListDevicesRequest(
+                parent="teams/acme/users/ada",
+                page_token="nope",  # noqa: S106 (not a secret)
+            ),
+            "page_token is not valid",
+        ),
+        (
+            "negative-page-size",
+            "ListDevices",
+            lambda: device_service_pb2.ListDevicesRequest(
+                parent="teams/acme/users/ada", page_size=-1
+            ),
+            "page_size must not be negative",
+        ),
+    ],
+)
+async def test_bad_device_requests_are_invalid(
+    auth: AuthServer, case: str, rpc: str, request_factory: Callable[[], Any], expected: str
+) -> None:
+    token = await _token(auth, await _enroll(auth, await auth.code()))
+    error = await _refusal(getattr(auth.devices(), rpc)(request_factory(), metadata=_bearer(token)))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in (error.details() or "")
+
+
+async def test_devices_list_in_pages_without_gaps_or_repeats(auth: AuthServer) -> None:
+    names = [(await _enroll(auth, await auth.code())).name for _ in range(3)]
+    await _enroll(auth, await auth.code("teams/acme/users/bob"))  # not ada's: not listed
+    last = await _enroll(auth, await auth.code())
+    token = await _token(auth, last)
+    seen: list[str] = []
+    page_token = ""
+    while True:
+        page = await auth.devices().ListDevices(
+            device_service_pb2.ListDevicesRequest(
+                parent="teams/acme/users/ada", page_size=2, page_token=page_token
+            ),
+            metadata=_bearer(token),
+        )
+        seen += [device.name for device in page.devices]
+        page_token = page.next_page_token
+        if not page_token:
+            break
+    assert sorted(seen) == sorted([*names, last.name])
+    assert len(seen) == 4

@@ -18,8 +18,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 
+from runtime.service_identity import service_channel
+from runtime.tls import TLSFiles
 from services.ca.authorities import AuthorityKind, load_signing_key
-from sft.ca.v1 import authority_pb2, ca_service_pb2, issuance_pb2
+from sft.ca.v1 import authority_pb2, ca_service_pb2, ca_service_pb2_grpc, issuance_pb2
 from tests.support.ca_server import CAServer, running_ca
 from tests.support.real_software import require_program
 
@@ -190,8 +192,6 @@ async def test_internal_listener_refuses_a_caller_without_a_service_certificate(
         grpc.ssl_channel_credentials(ca.tls.ca_file.read_bytes()),
     )
     try:
-        from sft.ca.v1 import ca_service_pb2_grpc
-
         stub = ca_service_pb2_grpc.CertificateAuthorityServiceStub(channel)
         error = await _refusal(
             stub.GetAuthorities(ca_service_pb2.GetAuthoritiesRequest(project=PROJECT), timeout=5)
@@ -199,6 +199,59 @@ async def test_internal_listener_refuses_a_caller_without_a_service_certificate(
     finally:
         await channel.close()
     assert error.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def _call_internal_as(ca: CAServer, cert_pem: bytes, key_pem: bytes) -> grpc.aio.AioRpcError:
+    (ca.tls_dir / "impostor.pem").write_bytes(cert_pem)
+    (ca.tls_dir / "impostor.key").write_bytes(key_pem)
+    impostor = TLSFiles(ca.tls_dir / "impostor.pem", ca.tls_dir / "impostor.key", ca.tls.ca_file)
+    channel = service_channel(f"127.0.0.1:{ca.server.internal_port}", impostor)
+    try:
+        stub = ca_service_pb2_grpc.CertificateAuthorityServiceStub(channel)
+        return await _refusal(stub.SignUserCertificate(_user_request(), timeout=5))
+    finally:
+        await channel.close()
+
+
+async def test_platform_ca_certificates_that_are_not_service_certificates_are_refused(
+    ca: CAServer,
+) -> None:
+    # The platform's server certificate chains to the right CA but is for serverAuth:
+    # the handshake itself refuses it.
+    error = await _call_internal_as(ca, ca.tls.cert_file.read_bytes(), ca.tls.key_file.read_bytes())
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+    # A clientAuth certificate from the platform CA that names no service.
+    ca_cert = x509.load_pem_x509_certificate(ca.tls.ca_file.read_bytes())
+    ca_key = serialization.load_pem_private_key((ca.tls_dir / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nobody")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("sft://acme/web/users/x")]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    error = await _call_internal_as(
+        ca,
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "names no single platform service" in (error.details() or "")
 
 
 # --- signing -----------------------------------------------------------------------
@@ -513,6 +566,28 @@ async def test_issuance_log_pages_newest_first_and_filters(ca: CAServer) -> None
         ca_service_pb2.ListIssuancesRequest(parent="teams/acme/projects/-", subject=SERVER)
     )
     assert [i.kind for i in team_wide.issuances] == [issuance_pb2.CERTIFICATE_KIND_X509_SERVER]
+
+
+@pytest.mark.parametrize(
+    ("case", "request_fields", "expected"),
+    [
+        ("negative-page-size", {"page_size": -1}, "page_size must not be negative"),
+        ("unknown-kind", {"kind": 99}, "not a known certificate kind"),
+        ("no-parent", {"parent": ""}, "parent is required"),
+        ("bad-team-wildcard", {"parent": "teams/Bad_Team/projects/-"}, "not a team resource name"),
+    ],
+)
+async def test_bad_issuance_listings_are_refused(
+    ca: CAServer, case: str, request_fields: dict[str, object], expected: str
+) -> None:
+    fields: dict[str, object] = {"parent": PROJECT, **request_fields}
+    error = await _refusal(
+        ca.as_service("auth").ListIssuances(
+            ca_service_pb2.ListIssuancesRequest(**fields)  # type: ignore[arg-type]
+        )
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in (error.details() or "")
 
 
 @pytest.mark.parametrize(

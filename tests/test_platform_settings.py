@@ -97,3 +97,14 @@ def test_missing_and_malformed_config_files(tmp_path: Path) -> None:
 def test_shutdown_grace_out_of_range_is_refused(grace: str) -> None:
     with pytest.raises(ConfigError, match="between 0 and 300 seconds"):
         load(env={"SFT_PLATFORM_SHUTDOWN_GRACE_SECONDS": grace})
+
+
+def test_internal_listener_must_differ_from_the_public_one() -> None:
+    with pytest.raises(ConfigError, match="internal_listen must differ from listen"):
+        load(listen="127.0.0.1:9000", internal_listen="127.0.0.1:9000")
+    assert load(internal_listen="off").internal_listen is None
+
+
+def test_the_kek_comes_from_one_source_only(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ca_kek_file or ca_kek, not both"):
+        load(ca_kek_file=tmp_path / "kek", env={"SFT_PLATFORM_CA_KEK": "AAAA"})

@@ -8,7 +8,6 @@ import datetime as dt
 import click
 
 from client.commands.options import team_option
-from client.enrollment import enroll, unenroll
 from client.errors import ClientError
 from client.output import emit, human_time, output_option, warn
 from client.state import Home
@@ -41,6 +40,10 @@ def enroll_command(url: str, team: str, code: str, display_name: str | None, out
       sft enroll --url https://sft.example.com --team acme --code sftc1_…
       sft enroll --url https://127.0.0.1:8443 --team demo --code sftc1_… --name laptop
     """
+    # Imported here: grpc and pyOpenSSL cost a third of a second that `sft --help` and
+    # the other verbs should not pay.
+    from client.enrollment import enroll
+
     result = asyncio.run(enroll(Home(), url=url, team=team, code=code, display_name=display_name))
     record = result.record
     now = dt.datetime.now(dt.UTC)
@@ -90,6 +93,8 @@ def unenroll_command(team: str | None, force: bool, output: str) -> None:
       sft unenroll --team acme
       sft unenroll --team acme --force   # platform gone: forget it here anyway
     """
+    from client.enrollment import unenroll
+
     result = asyncio.run(unenroll(Home(), team, force=force))
     if result.warning is not None:
         warn(

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import TYPE_CHECKING
 
 import click
 
 from client.commands.options import team_option
 from client.output import emit, human_time, output_option
-from client.session import LoginResult, Session
 from client.state import Home
+
+if TYPE_CHECKING:
+    from client.session import LoginResult
 
 __all__ = ["login_command", "logout_command"]
 
 
 async def _login(team: str | None) -> LoginResult:
+    from client.session import Session  # grpc is imported only by verbs that call out
+
     async with Session.for_team(Home(), team) as session:
         return await session.login()
 

@@ -8,12 +8,12 @@ import datetime as dt
 import secrets
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.errors import Conflict, NotFound, Unauthenticated
-from runtime.page_tokens import decode_page_token, encode_page_token, filter_digest
+from runtime.page_tokens import filter_digest, newest_first_page
 from services.auth.models import (
     AccessTokenRow,
     DeviceRow,
@@ -41,8 +41,6 @@ __all__ = [
 
 DEVICE_ACTIVE = "active"
 DEVICE_REVOKED = "revoked"
-_MAX_PAGE_SIZE = 1000
-_DEFAULT_PAGE_SIZE = 50
 
 
 def new_id() -> str:
@@ -167,30 +165,19 @@ async def list_devices(
     page_token: str,
 ) -> tuple[Sequence[DeviceRow], str]:
     """Return one page of devices (of `user`, or of the whole team), newest first."""
-    size = _DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, _MAX_PAGE_SIZE)
     query = select(DeviceRow).where(DeviceRow.team == team)
     if user is not None:
         query = query.where(DeviceRow.user == user)
     if state is not None:
         query = query.where(DeviceRow.state == state)
-    filters = filter_digest(team, user, state)
-    if page_token:
-        after_time, after_id = decode_page_token(page_token, filters)
-        query = query.where(
-            or_(
-                DeviceRow.create_time < after_time,
-                and_(DeviceRow.create_time == after_time, DeviceRow.id < after_id),
-            )
-        )
-    rows = list(
-        await session.scalars(
-            query.order_by(DeviceRow.create_time.desc(), DeviceRow.id.desc()).limit(size + 1)
-        )
+    return await newest_first_page(
+        session,
+        query,
+        DeviceRow,
+        page_size=page_size,
+        page_token=page_token,
+        digest=filter_digest(team, user, state),
     )
-    if len(rows) <= size:
-        return rows, ""
-    last = rows[size - 1]
-    return rows[:size], encode_page_token(last.create_time, last.id, filters)
 
 
 async def spend_assertion(

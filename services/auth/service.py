@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from runtime.cert_uris import split_user_name
+from runtime.cert_uris import split_team_name, split_user_name
 from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import InvalidInput, PermissionDenied, ResourceExhausted, Unauthenticated
@@ -42,7 +42,6 @@ Context = Any  # grpc.aio.ServicerContext; grpc ships no type information
 #: Refused enrollment-code guesses allowed per source address and window.
 ENROLL_FAILURES_ALLOWED = 10
 ENROLL_FAILURE_WINDOW = dt.timedelta(minutes=10)
-_TEAM_NAME = re.compile(r"teams/([a-z0-9][a-z0-9-]{0,62})")
 _PEER_IP = re.compile(r"^ipv[46]:\[?([0-9A-Fa-f:.]+)\]?:\d+$")
 _KINDS = {
     "user": identity_pb2.IDENTITY_KIND_USER,
@@ -53,13 +52,6 @@ _STATES = {
     repository.DEVICE_ACTIVE: device_pb2.DEVICE_STATE_ACTIVE,
     repository.DEVICE_REVOKED: device_pb2.DEVICE_STATE_REVOKED,
 }
-
-
-def _team_of(name: str) -> str:
-    match = _TEAM_NAME.fullmatch(name)
-    if match is None:
-        raise InvalidInput(f"team {name!r} is not a team resource name; use teams/TEAM")
-    return match.group(1)
 
 
 def _peer_source(context: Context) -> str:
@@ -131,7 +123,7 @@ class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
         self, request: device_service_pb2.EnrollDeviceRequest, context: Context
     ) -> device_service_pb2.EnrollDeviceResponse:
         """Bind a new device key to the user an enrollment code was made for."""
-        team = _team_of(request.team)
+        team = split_team_name(request.team)
         key = parse_device_key(request.public_key)
         display_name = _bounded(request.display_name or request.hostname, "display_name", 200)
         hostname = _bounded(request.hostname, "hostname", 253)
@@ -190,20 +182,17 @@ class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
     ) -> device_service_pb2.ListDevicesResponse:
         """List the caller's own devices, newest first."""
         identity = _require_user()
-        team, user = (
-            split_user_name(request.parent)
-            if not request.parent.endswith("/users/-")
-            else (_team_of(request.parent.removesuffix("/users/-")), "-")
-        )
-        if team != identity.team or (user not in ("-",) and user != identity.name):
-            raise PermissionDenied(
-                "you may list only your own devices (teams/TEAM/users/YOU); listing other "
-                "users' devices needs the team admin role"
-            )
-        if user == "-":
+        if request.parent.endswith("/users/-"):
+            split_team_name(request.parent.removesuffix("/users/-"))
             raise PermissionDenied(
                 "listing every user's devices needs the team admin role; list your own with "
                 f"parent {identity.user_resource}"
+            )
+        split_user_name(request.parent)
+        if request.parent != identity.user_resource:
+            raise PermissionDenied(
+                "you may list only your own devices (teams/TEAM/users/YOU); listing other "
+                "users' devices needs the team admin role"
             )
         if request.page_size < 0:
             raise InvalidInput("page_size must not be negative; use 0 for the default of 50")
@@ -214,7 +203,7 @@ class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
         async with self._database.sessions() as session:
             rows, token = await repository.list_devices(
                 session,
-                team=team,
+                team=str(identity.team),
                 user=identity.user_resource,
                 state=state,
                 page_size=request.page_size,
@@ -229,8 +218,8 @@ class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
     ) -> device_service_pb2.RevokeDeviceResponse:
         """Revoke one of the caller's devices; its key and tokens stop working now."""
         identity = _require_user()
-        user, _, device_id = request.name.rpartition("/devices/")
-        if not device_id or "/" in device_id:
+        user, marker, device_id = request.name.rpartition("/devices/")
+        if not marker or not device_id or "/" in device_id:
             raise InvalidInput(
                 f"device {request.name!r} is not a device resource name; use "
                 "teams/TEAM/users/USER/devices/DEVICE"
@@ -259,6 +248,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):
         self._database = database
         self._clock = clock
         self._ttl = ttl
+        self._verifier = TokenVerifier(database, clock)
 
     async def CreateAccessToken(
         self, request: token_service_pb2.CreateAccessTokenRequest, context: Context
@@ -308,7 +298,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):
     ) -> token_service_pb2.VerifyAccessTokenResponse:
         """Say whom a token identifies (platform services only)."""
         require_platform_service()
-        row = await TokenVerifier(self._database, self._clock).token_row(request.access_token)
+        row = await self._verifier.token_row(request.access_token)
         device = f"{row.principal}/devices/{row.device_id}" if row.device_id else ""
         return token_service_pb2.VerifyAccessTokenResponse(identity=_identity_message(row, device))
 

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from runtime.errors import Conflict, InvalidInput, NotFound
-from runtime.page_tokens import decode_page_token, encode_page_token, filter_digest
+from runtime.errors import Conflict, NotFound
+from runtime.page_tokens import filter_digest, newest_first_page
 from services.ca.authorities import (
     AuthorityKind,
     AuthorityState,
@@ -31,8 +31,6 @@ from services.ca.key_encryption import KeyEncryption
 from services.ca.models import AuthorityRow, IssuanceRow
 
 __all__ = [
-    "DEFAULT_PAGE_SIZE",
-    "MAX_PAGE_SIZE",
     "IssuanceFilter",
     "IssuanceRecord",
     "SigningKeys",
@@ -45,9 +43,6 @@ __all__ = [
     "record_issuance",
     "rotate_authority",
 ]
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 
 def new_serial() -> int:
@@ -284,7 +279,6 @@ async def list_issuances(
     session: AsyncSession, where: IssuanceFilter, page_size: int, page_token: str
 ) -> tuple[Sequence[IssuanceRow], str]:
     """Return one page of issuances, newest first, and the token for the next page."""
-    size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
     query = select(IssuanceRow)
     if where.project is None:
         query = query.where(IssuanceRow.team == where.team)
@@ -300,25 +294,12 @@ async def list_issuances(
         query = query.where(IssuanceRow.create_time >= where.start_time)
     if where.end_time:
         query = query.where(IssuanceRow.create_time < where.end_time)
-    digest = where.digest()
-    if page_token:
-        after_time, after_text = decode_page_token(page_token, digest)
-        try:
-            after_id = int(after_text)
-        except ValueError:
-            raise InvalidInput("page_token is not valid; pass next_page_token unchanged") from None
-        query = query.where(
-            or_(
-                IssuanceRow.create_time < after_time,
-                and_(IssuanceRow.create_time == after_time, IssuanceRow.id < after_id),
-            )
-        )
-    rows = list(
-        await session.scalars(
-            query.order_by(IssuanceRow.create_time.desc(), IssuanceRow.id.desc()).limit(size + 1)
-        )
+    return await newest_first_page(
+        session,
+        query,
+        IssuanceRow,
+        page_size=page_size,
+        page_token=page_token,
+        digest=where.digest(),
+        id_type=int,
     )
-    if len(rows) <= size:
-        return rows, ""
-    last = rows[size - 1]
-    return rows[:size], encode_page_token(last.create_time, last.id, digest)

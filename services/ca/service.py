@@ -13,7 +13,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from runtime.cert_uris import split_project_name, split_server_name, split_user_name
+from runtime.cert_uris import (
+    split_project_name,
+    split_server_name,
+    split_team_name,
+    split_user_name,
+)
 from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import InvalidInput, NotFound
@@ -340,7 +345,7 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
         require_platform_service(*_LOG_READERS)
         parent = _required(request.parent, "parent", "teams/acme/projects/web")
         if parent.endswith("/projects/-"):
-            team, _ = split_project_name(parent.removesuffix("-") + "x")
+            team = split_team_name(parent.removesuffix("/projects/-"))
             project: str | None = None
         else:
             team, _ = split_project_name(parent)

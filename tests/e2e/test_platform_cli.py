@@ -109,6 +109,10 @@ def test_serve_on_postgres(tmp_path: Path, postgres_url: str) -> None:
     result = run_platform("generate-kek", str(tmp_path / "kek"))
     assert result.returncode == 0, result.stderr
     kek = (tmp_path / "kek").read_text().strip()
+    # Replacing a KEK would make every CA key sealed with it unreadable.
+    error = _one_line_error(run_platform("generate-kek", str(tmp_path / "kek")))
+    assert "already exists" in error
+    assert (tmp_path / "kek").read_text().strip() == kek
     platform = PlatformProcess(data_dir, env={**env, "SFT_PLATFORM_CA_KEK": kek}).start()
     platform.stop()
     assert not (data_dir / "platform.db").exists()

@@ -5,7 +5,7 @@ listeners, and a service certificate per platform service to call it as.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +74,7 @@ class CAServer:
 
 @asynccontextmanager
 async def running_ca(
-    database_url: str, directory: Path, *, clock: Callable[[], dt.datetime] | None = None
+    database_url: str, directory: Path, *, clock: Clock | None = None
 ) -> AsyncIterator[CAServer]:
     """Migrate `database_url`, serve the CA on free loopback ports, stop it afterwards."""
     tls_dir = directory / "tls"
@@ -83,10 +83,10 @@ async def running_ca(
     kek = (
         LocalKeyEncryption.from_file(kek_file) if kek_file.exists() else generate_key_file(kek_file)
     )
-    the_clock = clock if isinstance(clock, Clock) else Clock()
+    the_clock = clock or Clock()
     database = Database.connect(database_url)
     await upgrade(database, [ca_app.HISTORY])
-    servicer = CertificateAuthority(database, kek, clock=clock or the_clock)
+    servicer = CertificateAuthority(database, kek, clock=the_clock)
     binding = ServiceBinding.from_package(
         "ca", "sft.ca.v1", implementations={"CertificateAuthorityService": servicer}
     )
