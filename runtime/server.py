@@ -15,12 +15,14 @@ import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from runtime.authorization import declared_need
 from runtime.identity import Authenticator
 from runtime.interceptors import ServerCallInterceptor
 from runtime.metrics import MetricsEndpoint
@@ -115,7 +117,11 @@ class ServiceBinding:
             stubs = importlib.import_module(f"{package}.{info.name}")
             messages = importlib.import_module(f"{package}.{info.name.removesuffix('_grpc')}")
             for short, descriptor in messages.DESCRIPTOR.services_by_name.items():
-                servicer = remaining.pop(short, None) or getattr(stubs, f"{short}Servicer")()
+                servicer = remaining.pop(short, None)
+                if servicer is None:
+                    servicer = getattr(stubs, f"{short}Servicer")()
+                else:
+                    _check_declared(descriptor, servicer, getattr(stubs, f"{short}Servicer"))
                 add = getattr(stubs, f"add_{short}Servicer_to_server")
                 adders.append(functools.partial(_add_servicer, add, servicer))
                 full_names.append(descriptor.full_name)
@@ -127,6 +133,21 @@ class ServiceBinding:
                 adder(server)
 
         return cls(name, tuple(full_names), register)
+
+
+def _check_declared(descriptor: Any, servicer: object, base: type) -> None:
+    """Refuse a servicer with an implemented RPC that declares no authorization need."""
+    undeclared = [
+        method.name
+        for method in descriptor.methods
+        if getattr(type(servicer), method.name, None) is not getattr(base, method.name, None)
+        and declared_need(getattr(servicer, method.name)) is None
+    ]
+    if undeclared:
+        raise ValueError(
+            f"{descriptor.full_name} implements {', '.join(undeclared)} without "
+            "@requires(...): declare who may call each RPC (runtime.authorization)"
+        )
 
 
 class PlatformServer:

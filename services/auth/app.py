@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from runtime.clock import Clock, utc_now
 from runtime.database import Database
 from runtime.migrations import MigrationHistory
+from runtime.peers import Peers
+from runtime.remote_roles import RemoteRoles
 from runtime.server import ServiceBinding
 from services.auth.service import DeviceServicer, TokenServicer
 
@@ -14,14 +17,15 @@ HISTORY = MigrationHistory(
 )
 
 
-def binding(database: Database) -> ServiceBinding:
-    """Return the auth service's gRPC services, bound to `database`."""
+def binding(database: Database, peers: Peers, clock: Clock = utc_now) -> ServiceBinding:
+    """Return the auth service's gRPC services, bound to `database` and its peers."""
+    roles = RemoteRoles(peers)
     # RPCs without an implementation yet answer UNIMPLEMENTED (see ServiceBinding).
     return ServiceBinding.from_package(
         "auth",
         "sft.auth.v1",
         implementations={
-            "DeviceService": DeviceServicer(database),
-            "TokenService": TokenServicer(database),
+            "DeviceService": DeviceServicer(database, roles, clock),
+            "TokenService": TokenServicer(database, clock),
         },
     )

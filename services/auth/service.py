@@ -10,13 +10,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from runtime.authorization import Need, RoleResolver, requires
 from runtime.cert_uris import split_team_name, split_user_name
 from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import InvalidInput, PermissionDenied, ResourceExhausted, Unauthenticated
 from runtime.identity import ANONYMOUS, CallerKind, Identity, current_identity
 from runtime.pinned_codes import CodeKind, PinnedCode
-from runtime.service_identity import require_platform_service
 from services.auth import repository
 from services.auth.access_tokens import (
     ACCESS_TOKEN_TTL_SECONDS,
@@ -115,10 +115,12 @@ def _require_user() -> Identity:
 class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
     """Serves sft.auth.v1.DeviceService."""
 
-    def __init__(self, database: Database, clock: Clock = utc_now) -> None:
+    def __init__(self, database: Database, roles: RoleResolver, clock: Clock = utc_now) -> None:
         self._database = database
+        self.roles = roles
         self._clock = clock
 
+    @requires(Need.ANYONE)  # the enrollment code is the credential
     async def EnrollDevice(
         self, request: device_service_pb2.EnrollDeviceRequest, context: Context
     ) -> device_service_pb2.EnrollDeviceResponse:
@@ -177,6 +179,7 @@ class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
                 session, "enroll", source, now, keep_since=now - ENROLL_FAILURE_WINDOW
             )
 
+    @requires(Need.MEMBER, resource="parent")
     async def ListDevices(
         self, request: device_service_pb2.ListDevicesRequest, context: Context
     ) -> device_service_pb2.ListDevicesResponse:
@@ -213,6 +216,7 @@ class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
             devices=[device_message(row) for row in rows], next_page_token=token
         )
 
+    @requires(Need.MEMBER, resource="name")
     async def RevokeDevice(
         self, request: device_service_pb2.RevokeDeviceRequest, context: Context
     ) -> device_service_pb2.RevokeDeviceResponse:
@@ -250,6 +254,7 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):
         self._ttl = ttl
         self._verifier = TokenVerifier(database, clock)
 
+    @requires(Need.ANYONE)  # the signed assertion is the credential
     async def CreateAccessToken(
         self, request: token_service_pb2.CreateAccessTokenRequest, context: Context
     ) -> token_service_pb2.CreateAccessTokenResponse:
@@ -293,11 +298,11 @@ class TokenServicer(token_service_pb2_grpc.TokenServiceServicer):
             identity=_identity_message(row, header.issuer),
         )
 
+    @requires(Need.PLATFORM_SERVICE)
     async def VerifyAccessToken(
         self, request: token_service_pb2.VerifyAccessTokenRequest, context: Context
     ) -> token_service_pb2.VerifyAccessTokenResponse:
         """Say whom a token identifies (platform services only)."""
-        require_platform_service()
         row = await self._verifier.token_row(request.access_token)
         device = f"{row.principal}/devices/{row.device_id}" if row.device_id else ""
         return token_service_pb2.VerifyAccessTokenResponse(identity=_identity_message(row, device))

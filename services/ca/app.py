@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from runtime.clock import Clock, utc_now
 from runtime.database import Database
 from runtime.migrations import MigrationHistory
 from runtime.server import ServiceBinding
@@ -15,12 +16,16 @@ HISTORY = MigrationHistory(
 )
 
 
-def binding(database: Database, key_encryption: KeyEncryption) -> ServiceBinding:
+def binding(
+    database: Database, key_encryption: KeyEncryption, clock: Clock = utc_now
+) -> ServiceBinding:
     """Return the CA service's gRPC services, bound to `database` and the CA keys' KEK."""
     return ServiceBinding.from_package(
         "ca",
         "sft.ca.v1",
         implementations={
-            "CertificateAuthorityService": CertificateAuthority(database, key_encryption)
+            "CertificateAuthorityService": CertificateAuthority(
+                database, key_encryption, clock=clock
+            )
         },
     )

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from runtime.authorization import Need, requires
 from runtime.cert_uris import (
     split_project_name,
     split_server_name,
@@ -23,7 +24,6 @@ from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import InvalidInput, NotFound
 from runtime.identity import current_identity
-from runtime.service_identity import require_platform_service
 from services.ca import repository
 from services.ca.authorities import (
     AuthorityKind,
@@ -127,11 +127,11 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             message.retire_time.CopyFrom(timestamp(row.retire_time))
         return message
 
+    @requires(Need.PLATFORM_SERVICE, services=_PROJECT_ADMINS)
     async def CreateProjectAuthorities(
         self, request: ca_service_pb2.CreateProjectAuthoritiesRequest, context: Context
     ) -> ca_service_pb2.CreateProjectAuthoritiesResponse:
         """Create (or return) the project's three active authorities."""
-        require_platform_service(*_PROJECT_ADMINS)
         project = _project(request.project)
         now = self._clock()
         async with self._database.sessions.begin() as session:
@@ -142,6 +142,7 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             authorities=[self._authority(row, now) for row in rows]
         )
 
+    @requires(Need.ANYONE)  # trust anchors are public
     async def GetAuthorities(
         self, request: ca_service_pb2.GetAuthoritiesRequest, context: Context
     ) -> ca_service_pb2.GetAuthoritiesResponse:
@@ -168,11 +169,11 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             authorities=[self._authority(row, now) for row, _ in trusted],
         )
 
+    @requires(Need.PLATFORM_SERVICE, services=_PROJECT_ADMINS)
     async def RotateAuthority(
         self, request: ca_service_pb2.RotateAuthorityRequest, context: Context
     ) -> ca_service_pb2.RotateAuthorityResponse:
         """Make a new signing key; keep the previous one trusted until its retire time."""
-        require_platform_service(*_PROJECT_ADMINS)
         project = _project(request.project)
         kind = _KIND_FROM_PROTO.get(request.kind)
         if kind is None:
@@ -194,11 +195,11 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             previous_authority=self._authority(previous, now),
         )
 
+    @requires(Need.PLATFORM_SERVICE, services=_USER_SIGNERS)
     async def SignUserCertificate(
         self, request: ca_service_pb2.SignUserCertificateRequest, context: Context
     ) -> ca_service_pb2.SignUserCertificateResponse:
         """Sign an OpenSSH user certificate for one account of the project."""
-        require_platform_service(*_USER_SIGNERS)
         project = _project(request.project)
         team, project_id = split_project_name(project)
         user_team, user_id = split_user_name(
@@ -236,11 +237,11 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
         )
         return ca_service_pb2.SignUserCertificateResponse(**_ssh_response_fields(signed))
 
+    @requires(Need.PLATFORM_SERVICE, services=_SERVER_SIGNERS)
     async def SignHostCertificate(
         self, request: ca_service_pb2.SignHostCertificateRequest, context: Context
     ) -> ca_service_pb2.SignHostCertificateResponse:
         """Sign an OpenSSH host certificate naming the server's names and addresses."""
-        require_platform_service(*_SERVER_SIGNERS)
         project = _project(request.project)
         server = _server(request.server, project)
         principals = tuple(request.principals)
@@ -265,11 +266,11 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
         )
         return ca_service_pb2.SignHostCertificateResponse(**_ssh_response_fields(signed))
 
+    @requires(Need.PLATFORM_SERVICE, services=_USER_SIGNERS)
     async def SignClientCertificate(
         self, request: ca_service_pb2.SignClientCertificateRequest, context: Context
     ) -> ca_service_pb2.SignClientCertificateResponse:
         """Sign an X.509 client certificate the project's brokers accept."""
-        require_platform_service(*_USER_SIGNERS)
         project = _project(request.project)
         wanted = ClientCertificateRequest(
             project=project,
@@ -302,11 +303,11 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             authority_fingerprint=signed.ca_fingerprint,
         )
 
+    @requires(Need.PLATFORM_SERVICE, services=_SERVER_SIGNERS)
     async def SignServerCertificate(
         self, request: ca_service_pb2.SignServerCertificateRequest, context: Context
     ) -> ca_service_pb2.SignServerCertificateResponse:
         """Sign an X.509 server certificate for one server's broker."""
-        require_platform_service(*_SERVER_SIGNERS)
         project = _project(request.project)
         server = _server(request.server, project)
         wanted = ServerCertificateRequest(
@@ -338,11 +339,11 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             authority_fingerprint=signed.ca_fingerprint,
         )
 
+    @requires(Need.PLATFORM_SERVICE, services=_LOG_READERS)
     async def ListIssuances(
         self, request: ca_service_pb2.ListIssuancesRequest, context: Context
     ) -> ca_service_pb2.ListIssuancesResponse:
         """Return one page of the issuance log, newest first."""
-        require_platform_service(*_LOG_READERS)
         parent = _required(request.parent, "parent", "teams/acme/projects/web")
         if parent.endswith("/projects/-"):
             team = split_team_name(parent.removesuffix("/projects/-"))

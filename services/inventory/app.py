@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from runtime.clock import Clock, utc_now
 from runtime.database import Database
 from runtime.migrations import MigrationHistory
+from runtime.peers import Peers
 from runtime.server import ServiceBinding
 
 __all__ = ["HISTORY", "binding"]
@@ -13,7 +15,7 @@ HISTORY = MigrationHistory(
 )
 
 
-def binding(database: Database) -> ServiceBinding:
-    """Return the inventory service's gRPC services, bound to `database`."""
+def binding(database: Database, peers: Peers, clock: Clock = utc_now) -> ServiceBinding:
+    """Return the inventory service's gRPC services, bound to `database` and its peers."""
     # RPCs without an implementation yet answer UNIMPLEMENTED (see ServiceBinding).
     return ServiceBinding.from_package("inventory", "sft.inventory.v1", implementations={})

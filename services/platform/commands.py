@@ -14,7 +14,8 @@ from runtime.config import ConfigError
 from runtime.database import Database, redact_url
 from runtime.errors import Conflict, FailedPrecondition
 from runtime.migrations import pending_services, upgrade
-from runtime.server import PlatformServer
+from runtime.peers import Peers
+from runtime.server import Endpoint, PlatformServer
 from runtime.tls import TLSFiles, ca_sha256, ensure_dev_pki
 from services.ca.key_encryption import KeyEncryption, LocalKeyEncryption, generate_key_file
 from services.platform.registry import authenticator_for, histories_for, service_bindings
@@ -114,6 +115,22 @@ async def serve_platform(settings: PlatformSettings) -> None:
         if settings.auto_migrate:
             await _apply_pending(database, settings.services)
         await require_migrated(database, settings.services)
+        tls = platform_tls(settings)
+        server: PlatformServer | None = None
+
+        def local_address() -> str | None:
+            if server is None or settings.internal_listen is None or not server.internal_port:
+                return None
+            host = settings.internal_listen.host
+            host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+            return str(Endpoint(host, server.internal_port))
+
+        peers = Peers(
+            "platform",
+            tls.ca_file.parent,
+            settings.peer_addresses,
+            local_address=local_address,
+        )
         server = PlatformServer(
             service_bindings(
                 settings.services,
@@ -121,15 +138,19 @@ async def serve_platform(settings: PlatformSettings) -> None:
                 ca_key_encryption=(
                     ca_key_encryption(settings) if "ca" in settings.services else None
                 ),
+                peers=peers,
             ),
             settings.listen,
-            platform_tls(settings),
+            tls,
             authenticate=authenticator_for(settings.services, database),
             metrics_listen=settings.metrics_listen,
             internal_listen=settings.internal_listen,
             grace_seconds=settings.shutdown_grace_seconds,
         )
-        await server.run_until_signalled()
+        try:
+            await server.run_until_signalled()
+        finally:
+            await peers.close()
 
 
 @dataclass(frozen=True)

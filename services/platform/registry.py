@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from runtime.clock import Clock, utc_now
 from runtime.database import Database
 from runtime.identity import Authenticator
 from runtime.migrations import MigrationHistory
+from runtime.peers import Peers
 from runtime.server import ServiceBinding
 from services.auth import app as auth_app
 from services.auth.service import TokenVerifier
@@ -26,11 +28,17 @@ def histories_for(services: tuple[str, ...]) -> list[MigrationHistory]:
 
 
 def service_bindings(
-    services: tuple[str, ...], database: Database, *, ca_key_encryption: KeyEncryption | None
+    services: tuple[str, ...],
+    database: Database,
+    *,
+    ca_key_encryption: KeyEncryption | None,
+    peers: Peers,
+    clock: Clock = utc_now,
 ) -> list[ServiceBinding]:
     """Return the gRPC bindings of `services`, sharing `database`.
 
     `ca_key_encryption` seals the CA's keys; it is required when the CA is served.
+    `peers` says where the other services are; each service calls them as itself.
     """
     bindings = []
     for name in APPS:
@@ -39,13 +47,15 @@ def service_bindings(
         if name == "ca":
             if ca_key_encryption is None:
                 raise ValueError("the CA service needs its key-encryption key")
-            bindings.append(ca_app.binding(database, ca_key_encryption))
+            bindings.append(ca_app.binding(database, ca_key_encryption, clock))
         else:
-            bindings.append(APPS[name].binding(database))
+            bindings.append(APPS[name].binding(database, peers.for_service(name), clock))
     return bindings
 
 
-def authenticator_for(services: tuple[str, ...], database: Database) -> Authenticator | None:
+def authenticator_for(
+    services: tuple[str, ...], database: Database, clock: Clock = utc_now
+) -> Authenticator | None:
     """Return how this process turns bearer tokens into identities.
 
     A process serving auth checks tokens in its own database. (A process without
@@ -53,5 +63,5 @@ def authenticator_for(services: tuple[str, ...], database: Database) -> Authenti
     multi-process deployment issue.)
     """
     if "auth" in services:
-        return TokenVerifier(database)
+        return TokenVerifier(database, clock)
     return None

@@ -38,6 +38,11 @@ class PlatformSettings(BaseModel):
     #: Address platform services call each other on: mutual TLS, service
     #: certificates only. `off` runs without one (then no service can call another).
     internal_listen: Endpoint | None = Endpoint("127.0.0.1", 8444)
+    #: Internal addresses (host:port) of services this process does not run; a service
+    #: run here is reached on this process's own internal listener.
+    ca_address: str | None = None
+    inventory_address: str | None = None
+    auth_address: str | None = None
     #: URL clients are told to use; defaults to https://<listen>.
     public_url: str | None = None
     #: Holds the SQLite database and the self-made TLS material in dev.
@@ -126,6 +131,20 @@ class PlatformSettings(BaseModel):
         if self.ca_kek_file is not None and self.ca_kek is not None:
             raise ValueError("give ca_kek_file or ca_kek, not both")
         return self
+
+    @field_validator("ca_address", "inventory_address", "auth_address")
+    @classmethod
+    def _peer_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return str(parse_endpoint(value.strip()))
+
+    @property
+    def peer_addresses(self) -> dict[str, str]:
+        """Return the configured internal address of each service not run here."""
+        given = {"ca": self.ca_address, "inventory": self.inventory_address}
+        given["auth"] = self.auth_address
+        return {name: address for name, address in given.items() if address}
 
     @property
     def effective_database_url(self) -> str:
