@@ -49,6 +49,10 @@ class Peers:
         # Shared by every Peers derived with for_service, so close() closes them all.
         self._channels = {} if _channels is None else _channels
 
+    def platform_ca_pem(self) -> bytes:
+        """Return the platform CA certificate (what enrollment codes and tokens pin)."""
+        return (self._tls_dir / "ca.pem").read_bytes()
+
     def address_of(self, service: str) -> str:
         """Return `service`'s internal address, or raise Unavailable if none is known."""
         address = self._addresses.get(service) or self._local_address()
