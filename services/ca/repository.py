@@ -40,7 +40,6 @@ __all__ = [
     "list_issuances",
     "new_serial",
     "published",
-    "record_issuance",
     "rotate_authority",
 ]
 
@@ -224,30 +223,6 @@ class IssuanceRecord:
     caller: str
     request_id: str
     create_time: dt.datetime
-
-
-async def record_issuance(session: AsyncSession, record: IssuanceRecord) -> IssuanceRow:
-    """Add `record` to the issuance log (in the caller's transaction)."""
-    row = IssuanceRow(
-        team=record.team,
-        project=record.project,
-        serial=record.serial,
-        kind=record.kind,
-        subject=record.subject,
-        principals=list(record.principals),
-        key_id=record.key_id,
-        key_fingerprint=record.key_fingerprint,
-        authority_id=record.authority.id,
-        authority_fingerprint=record.authority.fingerprint,
-        valid_after=record.valid_after,
-        valid_before=record.valid_before,
-        caller=record.caller,
-        request_id=record.request_id,
-        create_time=record.create_time,
-    )
-    session.add(row)
-    await _flush_or_conflict(session, record.project, "signing a certificate with this serial")
-    return row
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,6 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from runtime.authorization import Need, requires
 from runtime.cert_uris import (
     split_project_name,
@@ -32,6 +30,7 @@ from services.ca.authorities import (
     effective_state,
     trust_anchors,
 )
+from services.ca.issuance_log import IssuanceLog
 from services.ca.key_encryption import KeyEncryption
 from services.ca.limits import check_request_id
 from services.ca.models import AuthorityRow, IssuanceRow
@@ -109,6 +108,7 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
         self._keys = repository.SigningKeys(key_encryption)
         self._clock = clock
         self._active: dict[tuple[str, AuthorityKind], tuple[AuthorityRow, dt.datetime]] = {}
+        self._log = IssuanceLog(database)
 
     def _authority(self, row: AuthorityRow, now: dt.datetime) -> authority_pb2.Authority:
         message = authority_pb2.Authority(
@@ -375,7 +375,7 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
         )
 
     async def _active_authority(
-        self, session: AsyncSession, project: str, kind: AuthorityKind, now: dt.datetime
+        self, project: str, kind: AuthorityKind, now: dt.datetime
     ) -> AuthorityRow:
         """Return the signing key row, cached briefly (a query per signature was half the cost).
 
@@ -386,7 +386,8 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
         cached = self._active.get((project, kind))
         if cached is not None and now - cached[1] < _ACTIVE_CACHE:
             return cached[0]
-        row = await repository.active_authority(session, project, kind)
+        async with self._database.sessions() as session:
+            row = await repository.active_authority(session, project, kind)
         self._active[(project, kind)] = (row, now)
         return row
 
@@ -399,32 +400,34 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
         request_id: str,
         sign: Callable[[AuthorityRow, int, dt.datetime], Signed],
     ) -> Signed:
-        """Sign with the project's active key of `kind` and log it, in one transaction."""
+        """Sign with the project's active key of `kind`; return once the log row is committed.
+
+        The log row is written by the IssuanceLog, which commits concurrent calls' rows
+        together: each call still returns only after its own row is durable.
+        """
         caller = str(current_identity.get())
         team, _ = split_project_name(project)
         now = self._clock()
-        async with self._database.sessions.begin() as session:
-            row = await self._active_authority(session, project, kind, now)
-            signed = sign(row, repository.new_serial(), now)
-            await repository.record_issuance(
-                session,
-                repository.IssuanceRecord(
-                    team=team,
-                    project=project,
-                    serial=signed.serial,
-                    kind=issuance_kind,
-                    subject=subject,
-                    principals=_principals(signed),
-                    key_id=signed.key_id if isinstance(signed, SignedSSHCertificate) else "",
-                    key_fingerprint=signed.subject_fingerprint,
-                    authority=row,
-                    valid_after=signed.valid_after,
-                    valid_before=signed.valid_before,
-                    caller=caller,
-                    request_id=request_id,
-                    create_time=now,
-                ),
+        row = await self._active_authority(project, kind, now)
+        signed = sign(row, repository.new_serial(), now)
+        await self._log.append(
+            repository.IssuanceRecord(
+                team=team,
+                project=project,
+                serial=signed.serial,
+                kind=issuance_kind,
+                subject=subject,
+                principals=_principals(signed),
+                key_id=signed.key_id if isinstance(signed, SignedSSHCertificate) else "",
+                key_fingerprint=signed.subject_fingerprint,
+                authority=row,
+                valid_after=signed.valid_after,
+                valid_before=signed.valid_before,
+                caller=caller,
+                request_id=request_id,
+                create_time=now,
             )
+        )
         return signed
 
 
