@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import re
@@ -87,9 +88,14 @@ class UserCertificateRequest:
     source_addresses: tuple[str, ...] = ()  # CIDRs; empty means from anywhere
     allow_privileged_account: bool = False
 
+    @functools.cached_property
+    def subject_key(self) -> SubjectPublicKey:
+        """Return the parsed key to certify (parsed once; raises InvalidInput)."""
+        return parse_public_key(self.public_key)
+
     def check(self) -> None:
         """Raise InvalidInput naming the first thing wrong with this request."""
-        parse_public_key(self.public_key)
+        _ = self.subject_key
         check_account_name(self.account, allow_privileged=self.allow_privileged_account)
         _check_key_id_field("user", self.user)
         _check_key_id_field("project", self.project)
@@ -133,9 +139,14 @@ class HostCertificateRequest:
     principals: tuple[str, ...]  # DNS names and IP addresses clients connect to
     ttl_seconds: int = HOST_DEFAULT_TTL_SECONDS
 
+    @functools.cached_property
+    def subject_key(self) -> SubjectPublicKey:
+        """Return the parsed key to certify (parsed once; raises InvalidInput)."""
+        return parse_public_key(self.public_key)
+
     def check(self) -> None:
         """Raise InvalidInput naming the first thing wrong with this request."""
-        parse_public_key(self.public_key)
+        _ = self.subject_key
         _check_key_id_field("host_name", self.host_name)
         _check_key_id_field("server_id", self.server_id)
         if not self.principals:
@@ -177,7 +188,7 @@ def sign_user_certificate(
     return _sign(
         builder,
         ca_key,
-        public_key=request.public_key,
+        subject=request.subject_key,
         key_id=request.key_id,
         principals=(request.account,),
         ttl_seconds=request.ttl_seconds,
@@ -197,7 +208,7 @@ def sign_host_certificate(
     return _sign(
         SSHCertificateBuilder().type(SSHCertificateType.HOST),
         ca_key,
-        public_key=request.public_key,
+        subject=request.subject_key,
         key_id=request.key_id,
         principals=request.principals,
         ttl_seconds=request.ttl_seconds,
@@ -256,11 +267,17 @@ def ssh_fingerprint(public_key: SubjectPublicKey | ed25519.Ed25519PrivateKey) ->
     return "SHA256:" + digest.decode("ascii")
 
 
+@functools.lru_cache(maxsize=256)
+def _ca_fingerprint(ca_key: ed25519.Ed25519PrivateKey) -> str:
+    # Keyed by the key object: the CA keeps its unsealed keys, so this is computed once.
+    return ssh_fingerprint(ca_key)
+
+
 def _sign(
     builder: SSHCertificateBuilder,
     ca_key: ed25519.Ed25519PrivateKey,
     *,
-    public_key: str,
+    subject: SubjectPublicKey,
     key_id: str,
     principals: tuple[str, ...],
     ttl_seconds: int,
@@ -272,7 +289,6 @@ def _sign(
         raise ValueError("now must be timezone-aware")
     if not 0 <= serial < 2**64:
         raise InvalidInput(f"serial {serial} is out of range; it must fit in 64 unsigned bits")
-    subject = parse_public_key(public_key)
     issued = int(now.timestamp())
     valid_after = issued - CLOCK_SKEW_SECONDS
     valid_before = issued + ttl_seconds
@@ -292,7 +308,7 @@ def _sign(
         principals=principals,
         valid_after=dt.datetime.fromtimestamp(valid_after, dt.UTC),
         valid_before=dt.datetime.fromtimestamp(valid_before, dt.UTC),
-        ca_fingerprint=ssh_fingerprint(ca_key),
+        ca_fingerprint=_ca_fingerprint(ca_key),
         subject_fingerprint=ssh_fingerprint(subject),
     )
 
