@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 import signal
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,8 @@ class ServiceBinding:
     #: Full gRPC service names, e.g. "sft.ca.v1.CertificateAuthorityService".
     grpc_services: tuple[str, ...]
     register: Callable[[grpc.aio.Server], None]
+    #: Called once after the server stopped (e.g. to end background tasks).
+    closers: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     @classmethod
     def from_package(
@@ -240,7 +242,15 @@ class PlatformServer:
     async def stop(self) -> None:
         """Report NOT_SERVING, let calls in flight finish (bounded), then close."""
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(self._grace_seconds)
+        # New calls are refused from here on; closers then end long-lived streams (so
+        # their clients reconnect elsewhere now rather than after the grace period),
+        # while unary calls in flight get the grace period to finish.
+        stopping = asyncio.ensure_future(self._server.stop(self._grace_seconds))
+        await asyncio.sleep(0)
+        for binding in self._bindings:
+            for close in binding.closers:
+                await close()
+        await stopping
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from runtime.audit import RemoteAuditTrail
 from runtime.clock import Clock, utc_now
 from runtime.database import Database
 from runtime.migrations import MigrationHistory
 from runtime.peers import Peers
 from runtime.server import ServiceBinding
+from services.inventory.accounts_watch import AccountsHub
+from services.inventory.directory_service import (
+    BastionServicer,
+    GroupServicer,
+    ProjectServicer,
+    TeamServicer,
+    UserServicer,
+)
+from services.inventory.fleet_service import (
+    AgentServicer,
+    EnrollmentTokenServicer,
+    ServerServicer,
+)
+from services.inventory.roles import LocalRoles
 
 __all__ = ["HISTORY", "binding"]
 
@@ -17,5 +34,34 @@ HISTORY = MigrationHistory(
 
 def binding(database: Database, peers: Peers, clock: Clock = utc_now) -> ServiceBinding:
     """Return the inventory service's gRPC services, bound to `database` and its peers."""
-    # RPCs without an implementation yet answer UNIMPLEMENTED (see ServiceBinding).
-    return ServiceBinding.from_package("inventory", "sft.inventory.v1", implementations={})
+    roles = LocalRoles(database)
+    trail = RemoteAuditTrail(peers)
+    hub = AccountsHub(database, clock)
+
+    def directory(
+        servicer: type[
+            TeamServicer | UserServicer | GroupServicer | ProjectServicer | BastionServicer
+        ],
+    ) -> object:
+        return servicer(
+            database, peers, roles=roles, trail=trail, clock=clock, on_accounts_changed=hub.notify
+        )
+
+    def fleet(servicer: type[ServerServicer | EnrollmentTokenServicer | AgentServicer]) -> object:
+        return servicer(database, peers, roles=roles, trail=trail, hub=hub, clock=clock)
+
+    bound = ServiceBinding.from_package(
+        "inventory",
+        "sft.inventory.v1",
+        implementations={
+            "TeamService": directory(TeamServicer),
+            "UserService": directory(UserServicer),
+            "GroupService": directory(GroupServicer),
+            "ProjectService": directory(ProjectServicer),
+            "BastionService": directory(BastionServicer),
+            "ServerService": fleet(ServerServicer),
+            "EnrollmentTokenService": fleet(EnrollmentTokenServicer),
+            "AgentService": fleet(AgentServicer),
+        },
+    )
+    return dataclasses.replace(bound, closers=(hub.close,))

@@ -89,6 +89,9 @@ class Team(Base):
     #: desired accounts: users, memberships, grants, project settings. Agents' account
     #: streams watch it; a replica polling it sees another replica's changes.
     accounts_revision: Mapped[int] = mapped_column(BigInteger, default=1)
+    #: What people see; empty means the name.
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class User(Base):

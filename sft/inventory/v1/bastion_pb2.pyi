@@ -33,7 +33,7 @@ class Bastion(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Resource name: `teams/{team}/projects/{project}/bastions/{bastion}`.
+    """Resource name: `teams/{team}/bastions/{bastion}`.
     {bastion} is chosen at creation: `[a-z][a-z0-9-]*`, at most 63 characters.
     """
     server: _builtins.str

@@ -29,7 +29,9 @@ class CreateBastionRequest(_message.Message):
     BASTION_ID_FIELD_NUMBER: _builtins.int
     BASTION_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
-    """Required. Project resource name: `teams/{team}/projects/{project}`."""
+    """Required. Team resource name `teams/{team}` (a project of the team is
+    accepted too: bastions belong to the team).
+    """
     bastion_id: _builtins.str
     """Required. The bastion id: `[a-z][a-z0-9-]*`, at most 63 characters."""
     @_builtins.property
@@ -85,7 +87,9 @@ class ListBastionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
-    """Required. Project resource name: `teams/{team}/projects/{project}`."""
+    """Required. Team resource name `teams/{team}` (a project of the team is
+    accepted too and lists the same bastions).
+    """
     page_size: _builtins.int
     """Maximum number of bastions to return: 0 means 50; values above 1000 are
     treated as 1000.
@@ -144,7 +148,7 @@ class DeleteBastionRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Bastion resource name:
-    `teams/{team}/projects/{project}/bastions/{bastion}`.
+    `teams/{team}/bastions/{bastion}`.
     """
     def __init__(
         self,

@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class BastionServiceStub:
-    """BastionService manages a project's bastions. Project admins write; members
-    of the project read.
+    """BastionService manages a team's bastions (a project names the one it
+    requires). Team admins write; members read.
     """
 
     def __init__(self, channel):
@@ -54,8 +54,8 @@ class BastionServiceStub:
 
 
 class BastionServiceServicer:
-    """BastionService manages a project's bastions. Project admins write; members
-    of the project read.
+    """BastionService manages a team's bastions (a project names the one it
+    requires). Team admins write; members read.
     """
 
     def CreateBastion(self, request, context):
@@ -107,8 +107,8 @@ def add_BastionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class BastionService:
-    """BastionService manages a project's bastions. Project admins write; members
-    of the project read.
+    """BastionService manages a team's bastions (a project names the one it
+    requires). Team admins write; members read.
     """
 
     @staticmethod

@@ -12,8 +12,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BastionServiceStub:
-    """BastionService manages a project's bastions. Project admins write; members
-    of the project read.
+    """BastionService manages a team's bastions (a project names the one it
+    requires). Team admins write; members read.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -27,8 +27,8 @@ class BastionServiceStub:
     """
 
 class BastionServiceServicer:
-    """BastionService manages a project's bastions. Project admins write; members
-    of the project read.
+    """BastionService manages a team's bastions (a project names the one it
+    requires). Team admins write; members read.
     """
 
     def CreateBastion(

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esft/inventory/v1/project.proto\x12\x10sft.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n\x07Project\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1f\n\x17\x63\x65rtificate_ttl_seconds\x18\x03 \x01(\x03\x12#\n\x1b\x63\x65rtificate_max_ttl_seconds\x18\x04 \x01(\x03\x12\x1b\n\x13\x63reate_server_users\x18\x05 \x01(\x08\x12\x1e\n\x16permit_port_forwarding\x18\x06 \x01(\x08\x12\x1f\n\x17permit_agent_forwarding\x18\x07 \x01(\x08\x12\x13\n\x0brdp_enabled\x18\x08 \x01(\x08\x12\x18\n\x10required_bastion\x18\t \x01(\t\x12#\n\x1b\x61llowed_admin_account_names\x18\n \x03(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x01\n\x0cProjectGrant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12)\n\x04role\x18\x03 \x01(\x0e\x32\x1b.sft.inventory.v1.GrantRole\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*R\n\tGrantRole\x12\x1a\n\x16GRANT_ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fGRANT_ROLE_USER\x10\x01\x12\x14\n\x10GRANT_ROLE_ADMIN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esft/inventory/v1/project.proto\x12\x10sft.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x03\n\x07Project\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1f\n\x17\x63\x65rtificate_ttl_seconds\x18\x03 \x01(\x03\x12#\n\x1b\x63\x65rtificate_max_ttl_seconds\x18\x04 \x01(\x03\x12 \n\x13\x63reate_server_users\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x1e\n\x16permit_port_forwarding\x18\x06 \x01(\x08\x12\x1f\n\x17permit_agent_forwarding\x18\x07 \x01(\x08\x12\x18\n\x0brdp_enabled\x18\x08 \x01(\x08H\x01\x88\x01\x01\x12\x18\n\x10required_bastion\x18\t \x01(\t\x12#\n\x1b\x61llowed_admin_account_names\x18\n \x03(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x16\n\x14_create_server_usersB\x0e\n\x0c_rdp_enabled\"\x87\x01\n\x0cProjectGrant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12)\n\x04role\x18\x03 \x01(\x0e\x32\x1b.sft.inventory.v1.GrantRole\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*R\n\tGrantRole\x12\x1a\n\x16GRANT_ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fGRANT_ROLE_USER\x10\x01\x12\x14\n\x10GRANT_ROLE_ADMIN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sft.inventory.v1.project_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GRANTROLE']._serialized_start=616
-  _globals['_GRANTROLE']._serialized_end=698
+  _globals['_GRANTROLE']._serialized_start=666
+  _globals['_GRANTROLE']._serialized_end=748
   _globals['_PROJECT']._serialized_start=86
-  _globals['_PROJECT']._serialized_end=476
-  _globals['_PROJECTGRANT']._serialized_start=479
-  _globals['_PROJECTGRANT']._serialized_end=614
+  _globals['_PROJECT']._serialized_end=526
+  _globals['_PROJECTGRANT']._serialized_start=529
+  _globals['_PROJECTGRANT']._serialized_end=664
 # @@protoc_insertion_point(module_scope)

@@ -92,7 +92,7 @@ class Project(_message.Message):
     create_server_users: _builtins.bool
     """When true, agents create an account on every server of the project for
     every user granted access; when false, they manage only accounts that
-    already exist (matched by name).
+    already exist (matched by name). Unset on create means true.
     """
     permit_port_forwarding: _builtins.bool
     """SSH user certificates carry `permit-port-forwarding`."""
@@ -100,11 +100,12 @@ class Project(_message.Message):
     """SSH user certificates carry `permit-agent-forwarding`."""
     rdp_enabled: _builtins.bool
     """Users may reach the project's Windows servers over RDP through the broker
-    (X.509 client certificates are issued only when true).
+    (X.509 client certificates are issued only when true). Unset on create
+    means true.
     """
     required_bastion: _builtins.str
     """Resource name of one of this project's bastions
-    (`teams/{team}/projects/{project}/bastions/{bastion}`) that every
+    (`teams/{team}/bastions/{bastion}`) that every
     connection to the project's servers must go through. Empty: none required.
     """
     @_builtins.property
@@ -129,20 +130,27 @@ class Project(_message.Message):
         description: _builtins.str = ...,
         certificate_ttl_seconds: _builtins.int = ...,
         certificate_max_ttl_seconds: _builtins.int = ...,
-        create_server_users: _builtins.bool = ...,
+        create_server_users: _builtins.bool | None = ...,
         permit_port_forwarding: _builtins.bool = ...,
         permit_agent_forwarding: _builtins.bool = ...,
-        rdp_enabled: _builtins.bool = ...,
+        rdp_enabled: _builtins.bool | None = ...,
         required_bastion: _builtins.str = ...,
         allowed_admin_account_names: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_create_server_users", b"_create_server_users", "_rdp_enabled", b"_rdp_enabled", "create_server_users", b"create_server_users", "create_time", b"create_time", "rdp_enabled", b"rdp_enabled", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_admin_account_names", b"allowed_admin_account_names", "certificate_max_ttl_seconds", b"certificate_max_ttl_seconds", "certificate_ttl_seconds", b"certificate_ttl_seconds", "create_server_users", b"create_server_users", "create_time", b"create_time", "description", b"description", "name", b"name", "permit_agent_forwarding", b"permit_agent_forwarding", "permit_port_forwarding", b"permit_port_forwarding", "rdp_enabled", b"rdp_enabled", "required_bastion", b"required_bastion", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_create_server_users", b"_create_server_users", "_rdp_enabled", b"_rdp_enabled", "allowed_admin_account_names", b"allowed_admin_account_names", "certificate_max_ttl_seconds", b"certificate_max_ttl_seconds", "certificate_ttl_seconds", b"certificate_ttl_seconds", "create_server_users", b"create_server_users", "create_time", b"create_time", "description", b"description", "name", b"name", "permit_agent_forwarding", b"permit_agent_forwarding", "permit_port_forwarding", b"permit_port_forwarding", "rdp_enabled", b"rdp_enabled", "required_bastion", b"required_bastion", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__create_server_users: _TypeAlias = _typing.Literal["create_server_users"]  # noqa: Y015
+    _WhichOneofArgType__create_server_users: _TypeAlias = _typing.Literal["_create_server_users", b"_create_server_users"]  # noqa: Y015
+    _WhichOneofReturnType__rdp_enabled: _TypeAlias = _typing.Literal["rdp_enabled"]  # noqa: Y015
+    _WhichOneofArgType__rdp_enabled: _TypeAlias = _typing.Literal["_rdp_enabled", b"_rdp_enabled"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__create_server_users) -> _WhichOneofReturnType__create_server_users | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rdp_enabled) -> _WhichOneofReturnType__rdp_enabled | None: ...
 
 Global___Project: _TypeAlias = Project  # noqa: Y015
 

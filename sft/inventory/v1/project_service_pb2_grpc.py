@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class ProjectServiceStub:
     """ProjectService manages projects, their settings and their grants. Team
-    admins create and delete projects; project admins (GRANT_ROLE_ADMIN) update
-    them and manage grants.
+    admins create and delete projects and manage grants; project admins
+    (GRANT_ROLE_ADMIN) update them and list their grants.
     """
 
     def __init__(self, channel):
@@ -81,8 +81,8 @@ class ProjectServiceStub:
 
 class ProjectServiceServicer:
     """ProjectService manages projects, their settings and their grants. Team
-    admins create and delete projects; project admins (GRANT_ROLE_ADMIN) update
-    them and manage grants.
+    admins create and delete projects and manage grants; project admins
+    (GRANT_ROLE_ADMIN) update them and list their grants.
     """
 
     def CreateProject(self, request, context):
@@ -198,8 +198,8 @@ def add_ProjectServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ProjectService:
     """ProjectService manages projects, their settings and their grants. Team
-    admins create and delete projects; project admins (GRANT_ROLE_ADMIN) update
-    them and manage grants.
+    admins create and delete projects and manage grants; project admins
+    (GRANT_ROLE_ADMIN) update them and list their grants.
     """
 
     @staticmethod

@@ -13,8 +13,8 @@ GRPC_VERSION: str
 
 class ProjectServiceStub:
     """ProjectService manages projects, their settings and their grants. Team
-    admins create and delete projects; project admins (GRANT_ROLE_ADMIN) update
-    them and manage grants.
+    admins create and delete projects and manage grants; project admins
+    (GRANT_ROLE_ADMIN) update them and list their grants.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -45,8 +45,8 @@ class ProjectServiceStub:
 
 class ProjectServiceServicer:
     """ProjectService manages projects, their settings and their grants. Team
-    admins create and delete projects; project admins (GRANT_ROLE_ADMIN) update
-    them and manage grants.
+    admins create and delete projects and manage grants; project admins
+    (GRANT_ROLE_ADMIN) update them and list their grants.
     """
 
     def CreateProject(
