@@ -1,41 +1,27 @@
-"""Device enrollment and access tokens through the real auth server, on SQLite and
-PostgreSQL: one-time codes, key assertions that cannot be replayed, bearer tokens
-checked on every call, and revocation that takes effect at once.
+"""Device enrollment and access tokens through the real platform (CA, inventory and auth
+in one process), on SQLite and PostgreSQL: one-time codes, key assertions that cannot
+be replayed, bearer tokens checked on every call, and revocation that takes effect at
+once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import select
 
-from runtime.database import Database
-from runtime.migrations import upgrade
 from runtime.pinned_codes import CodeKind, PinnedCode
-from runtime.server import Endpoint, PlatformServer, ServiceBinding
-from runtime.service_identity import service_channel
-from runtime.tls import TLSFiles, ensure_dev_pki, service_tls_files
-from services.auth import app as auth_app
-from services.auth.assertions import ASSERTION_AUDIENCE
 from services.auth.enrollment_codes import issue_enrollment_code
 from services.auth.models import AccessTokenRow, DeviceRow, EnrollmentCode
-from services.auth.service import (
-    ENROLL_FAILURES_ALLOWED,
-    DeviceServicer,
-    TokenServicer,
-    TokenVerifier,
-)
+from services.auth.service import ENROLL_FAILURES_ALLOWED
+from services.inventory import repository as inventory
 from sft.auth.v1 import (
     device_pb2,
     device_service_pb2,
@@ -44,140 +30,67 @@ from sft.auth.v1 import (
     token_service_pb2,
     token_service_pb2_grpc,
 )
+from tests.support.platform import Device, Platform, bearer, public_key_line, running_platform
 
-PIN = hashlib.sha256(b"platform ca").digest()
-
-
-@dataclass
-class AuthServer:
-    """A started auth service and ways to call it."""
-
-    server: PlatformServer
-    database: Database
-    tls: TLSFiles
-    tls_dir: Path
-    channels: list[grpc.aio.Channel]
-
-    def _public(self) -> grpc.aio.Channel:
-        channel = grpc.aio.secure_channel(
-            f"127.0.0.1:{self.server.port}",
-            grpc.ssl_channel_credentials(self.tls.ca_file.read_bytes()),
-        )
-        self.channels.append(channel)
-        return channel
-
-    def devices(self) -> device_service_pb2_grpc.DeviceServiceStub:
-        return device_service_pb2_grpc.DeviceServiceStub(self._public())
-
-    def tokens(self) -> token_service_pb2_grpc.TokenServiceStub:
-        return token_service_pb2_grpc.TokenServiceStub(self._public())
-
-    def tokens_as(self, service: str) -> token_service_pb2_grpc.TokenServiceStub:
-        channel = service_channel(
-            f"127.0.0.1:{self.server.internal_port}", service_tls_files(self.tls_dir, service)
-        )
-        self.channels.append(channel)
-        return token_service_pb2_grpc.TokenServiceStub(channel)
-
-    async def code(self, user: str = "teams/acme/users/ada", **kwargs: Any) -> str:
-        async with self.database.sessions.begin() as session:
-            issued = await issue_enrollment_code(
-                session,
-                team=user.split("/")[1],
-                user=user,
-                created_by="test",
-                ca_sha256=PIN,
-                **kwargs,
-            )
-        return issued.code
+TEAM = "acme"
 
 
 @pytest.fixture
-async def auth(database_url: str, tmp_path: Path) -> AsyncIterator[AuthServer]:
-    tls_dir = tmp_path / "tls"
-    tls = ensure_dev_pki(tls_dir, ["127.0.0.1"], services=("ca", "inventory", "auth"))
-    database = Database.connect(database_url)
-    await upgrade(database, [auth_app.HISTORY])
-    binding = ServiceBinding.from_package(
-        "auth",
-        "sft.auth.v1",
-        implementations={
-            "DeviceService": DeviceServicer(database),
-            "TokenService": TokenServicer(database),
-        },
-    )
-    server = PlatformServer(
-        [binding],
-        Endpoint("127.0.0.1", 0),
-        tls,
-        authenticate=TokenVerifier(database),
-        internal_listen=Endpoint("127.0.0.1", 0),
-        grace_seconds=0,
-    )
-    await server.start()
-    running = AuthServer(server, database, tls, tls_dir, [])
-    try:
-        yield running
-    finally:
-        for channel in running.channels:
-            await channel.close()
-        await server.stop()
-        await database.close()
+async def auth(database_url: str, tmp_path: Path) -> AsyncIterator[Platform]:
+    """The platform with team acme: alice (team admin), ada and bob (members)."""
+    async with running_platform(database_url, tmp_path) as platform:
+        await platform.create_team(TEAM, "alice")
+        async with platform.database.sessions.begin() as session:
+            team = await inventory.get_team(session, TEAM)
+            for name in ("ada", "bob"):
+                await inventory.create_user(session, team, name, team_admin=False)
+        yield platform
 
 
-@dataclass
-class Device:
-    """A device key and the name the platform gave it."""
-
-    key: ed25519.Ed25519PrivateKey
-    name: str
-    fingerprint: str
-
-    def assertion(self, **overrides: Any) -> str:
-        now = int(dt.datetime.now(dt.UTC).timestamp())
-        claims: dict[str, Any] = {
-            "iss": self.name,
-            "sub": self.name,
-            "aud": ASSERTION_AUDIENCE,
-            "iat": now,
-            "exp": now + 60,
-            "jti": secrets.token_urlsafe(16),
-        }
-        claims.update(overrides)
-        signer = overrides.pop("_key", None) or self.key
-        claims.pop("_key", None)
-        return jwt.encode(
-            claims, signer, algorithm="EdDSA", headers={"kid": self.fingerprint, "typ": "JWT"}
+async def _code(auth: Platform, user: str = "teams/acme/users/ada", **kwargs: Any) -> str:
+    async with auth.database.sessions.begin() as session:
+        issued = await issue_enrollment_code(
+            session,
+            team=user.split("/")[1],
+            user=user,
+            created_by="test",
+            ca_sha256=auth.pin,
+            **kwargs,
         )
+    return issued.code
 
 
-def _public_line(key: ed25519.Ed25519PrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
+def _devices(auth: Platform) -> device_service_pb2_grpc.DeviceServiceStub:
+    return auth.stub(device_service_pb2_grpc.DeviceServiceStub)
 
 
-async def _enroll(auth: AuthServer, code: str, team: str = "teams/acme") -> Device:
+def _tokens(auth: Platform) -> token_service_pb2_grpc.TokenServiceStub:
+    return auth.stub(token_service_pb2_grpc.TokenServiceStub)
+
+
+def _signed_by(device: Device, key: ed25519.Ed25519PrivateKey, **claims: Any) -> str:
+    """Return an assertion naming `device` (its kid and iss) but signed with `key`."""
+    forged = Device(key, device.name, device.fingerprint, device.team, device.user)
+    return forged.assertion(**claims)
+
+
+async def _enroll(auth: Platform, code: str, team: str = "teams/acme") -> Device:
     key = ed25519.Ed25519PrivateKey.generate()
-    reply = await auth.devices().EnrollDevice(
+    reply = await _devices(auth).EnrollDevice(
         device_service_pb2.EnrollDeviceRequest(
-            team=team, code=code, public_key=_public_line(key), hostname="laptop", os="linux"
+            team=team, code=code, public_key=public_key_line(key), hostname="laptop", os="linux"
         )
     )
-    return Device(key, reply.device.name, reply.device.public_key_fingerprint)
+    _, _, user = reply.user.rpartition("/")
+    return Device(key, reply.device.name, reply.device.public_key_fingerprint, TEAM, user)
 
 
-async def _token(auth: AuthServer, device: Device) -> str:
-    reply = await auth.tokens().CreateAccessToken(
-        token_service_pb2.CreateAccessTokenRequest(assertion=device.assertion())
-    )
-    return str(reply.access_token)
+async def _token(auth: Platform, device: Device) -> str:
+    return await auth.token(device)
 
 
 def _bearer(token: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {token}"),)
+    return bearer(token)
 
 
 async def _refusal(call: Any) -> grpc.aio.AioRpcError:
@@ -186,10 +99,10 @@ async def _refusal(call: Any) -> grpc.aio.AioRpcError:
     return caught.value
 
 
-async def test_enrolled_device_gets_a_token_that_identifies_it(auth: AuthServer) -> None:
-    device = await _enroll(auth, await auth.code())
+async def test_enrolled_device_gets_a_token_that_identifies_it(auth: Platform) -> None:
+    device = await _enroll(auth, await _code(auth))
     assert device.name.startswith("teams/acme/users/ada/devices/")
-    reply = await auth.tokens().CreateAccessToken(
+    reply = await _tokens(auth).CreateAccessToken(
         token_service_pb2.CreateAccessTokenRequest(assertion=device.assertion())
     )
     assert reply.identity.kind == identity_pb2.IDENTITY_KIND_USER
@@ -197,7 +110,7 @@ async def test_enrolled_device_gets_a_token_that_identifies_it(auth: AuthServer)
     assert reply.identity.device == device.name
     lifetime = reply.expire_time.ToDatetime(dt.UTC) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(minutes=59) < lifetime <= dt.timedelta(hours=1)
-    listed = await auth.devices().ListDevices(
+    listed = await _devices(auth).ListDevices(
         device_service_pb2.ListDevicesRequest(parent="teams/acme/users/ada"),
         metadata=_bearer(reply.access_token),
     )
@@ -224,18 +137,18 @@ async def test_enrolled_device_gets_a_token_that_identifies_it(auth: AuthServer)
     ],
 )
 async def test_bad_enrollment_codes_are_unauthenticated_with_one_message(
-    auth: AuthServer, case: str, mutate: Any
+    auth: Platform, case: str, mutate: Any
 ) -> None:
     team = "teams/acme"
     if case == "used":
-        code = await auth.code()
+        code = await _code(auth)
         await _enroll(auth, code)
     elif case == "expired":
-        code = await auth.code(**mutate)
+        code = await _code(auth, **mutate)
     elif case == "other-team":
-        code, team = await auth.code(), mutate
+        code, team = await _code(auth), mutate
     elif case == "token-not-code":
-        code = PinnedCode.generate(CodeKind.SERVER_ENROLLMENT, PIN).encode()
+        code = PinnedCode.generate(CodeKind.SERVER_ENROLLMENT, auth.pin).encode()
     else:
         code = mutate
     error = await _refusal(_enroll(auth, code, team))
@@ -246,10 +159,10 @@ async def test_bad_enrollment_codes_are_unauthenticated_with_one_message(
     assert len(devices) == (1 if case == "used" else 0)
 
 
-async def test_refused_key_leaves_the_code_unused(auth: AuthServer) -> None:
-    code = await auth.code()
+async def test_refused_key_leaves_the_code_unused(auth: Platform) -> None:
+    code = await _code(auth)
     error = await _refusal(
-        auth.devices().EnrollDevice(
+        _devices(auth).EnrollDevice(
             device_service_pb2.EnrollDeviceRequest(
                 team="teams/acme", code=code, public_key="ssh-rsa AAAAB3NzaC1yc2E="
             )
@@ -262,19 +175,15 @@ async def test_refused_key_leaves_the_code_unused(auth: AuthServer) -> None:
     await _enroll(auth, code)  # still good
 
 
-async def test_repeated_bad_guesses_are_rate_limited(auth: AuthServer) -> None:
+async def test_repeated_bad_guesses_are_rate_limited(auth: Platform) -> None:
     for _ in range(ENROLL_FAILURES_ALLOWED):
-        bad = PinnedCode.generate(CodeKind.DEVICE_ENROLLMENT, PIN).encode()
+        bad = PinnedCode.generate(CodeKind.DEVICE_ENROLLMENT, auth.pin).encode()
         error = await _refusal(_enroll(auth, bad))
         assert error.code() is grpc.StatusCode.UNAUTHENTICATED
-    good = await auth.code()
+    good = await _code(auth)
     error = await _refusal(_enroll(auth, good))
     assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "wait 10 minutes" in (error.details() or "")
-
-
-def _other_key() -> dict[str, Any]:
-    return {"_key": ed25519.Ed25519PrivateKey.generate()}
 
 
 @pytest.mark.parametrize(
@@ -290,9 +199,9 @@ def _other_key() -> dict[str, Any]:
     ],
 )
 async def test_bad_assertions_are_refused(
-    auth: AuthServer, case: str, overrides: dict[str, Any], expected: str
+    auth: Platform, case: str, overrides: dict[str, Any], expected: str
 ) -> None:
-    device = await _enroll(auth, await auth.code())
+    device = await _enroll(auth, await _code(auth))
     now = int(dt.datetime.now(dt.UTC).timestamp())
     claims = dict(overrides)
     if "exp_in" in claims:
@@ -300,35 +209,37 @@ async def test_bad_assertions_are_refused(
     if "iat_in" in claims:
         claims["iat"] = now + claims.pop("iat_in")
     if claims.pop("forge", False):
-        claims.update(_other_key())
+        assertion = _signed_by(device, ed25519.Ed25519PrivateKey.generate(), **claims)
+    else:
+        assertion = device.assertion(**claims)
     error = await _refusal(
-        auth.tokens().CreateAccessToken(
-            token_service_pb2.CreateAccessTokenRequest(assertion=device.assertion(**claims))
+        _tokens(auth).CreateAccessToken(
+            token_service_pb2.CreateAccessTokenRequest(assertion=assertion)
         )
     )
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
     assert expected in (error.details() or "")
 
 
-async def test_an_assertion_cannot_be_replayed(auth: AuthServer) -> None:
-    device = await _enroll(auth, await auth.code())
+async def test_an_assertion_cannot_be_replayed(auth: Platform) -> None:
+    device = await _enroll(auth, await _code(auth))
     assertion = device.assertion()
     request = token_service_pb2.CreateAccessTokenRequest(assertion=assertion)
-    await auth.tokens().CreateAccessToken(request)
-    error = await _refusal(auth.tokens().CreateAccessToken(request))
+    await _tokens(auth).CreateAccessToken(request)
+    error = await _refusal(_tokens(auth).CreateAccessToken(request))
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
     assert "already used" in (error.details() or "")
 
 
-async def test_revoking_a_device_stops_its_tokens_and_key_at_once(auth: AuthServer) -> None:
-    device = await _enroll(auth, await auth.code())
+async def test_revoking_a_device_stops_its_tokens_and_key_at_once(auth: Platform) -> None:
+    device = await _enroll(auth, await _code(auth))
     token = await _token(auth, device)
-    revoked = await auth.devices().RevokeDevice(
+    revoked = await _devices(auth).RevokeDevice(
         device_service_pb2.RevokeDeviceRequest(name=device.name), metadata=_bearer(token)
     )
     assert revoked.device.state == device_pb2.DEVICE_STATE_REVOKED
     error = await _refusal(
-        auth.devices().ListDevices(
+        _devices(auth).ListDevices(
             device_service_pb2.ListDevicesRequest(parent="teams/acme/users/ada"),
             metadata=_bearer(token),
         )
@@ -365,27 +276,27 @@ async def test_revoking_a_device_stops_its_tokens_and_key_at_once(auth: AuthServ
     ],
 )
 async def test_calls_without_a_valid_token_are_unauthenticated(
-    auth: AuthServer, case: str, call: Callable[[Any, str], Any]
+    auth: Platform, case: str, call: Callable[[Any, str], Any]
 ) -> None:
-    token = await _token(auth, await _enroll(auth, await auth.code()))
-    error = await _refusal(call(auth.devices(), token))
+    token = await _token(auth, await _enroll(auth, await _code(auth)))
+    error = await _refusal(call(_devices(auth), token))
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_users_see_and_revoke_only_their_own_devices(auth: AuthServer) -> None:
-    ada = await _enroll(auth, await auth.code())
-    bob = await _enroll(auth, await auth.code("teams/acme/users/bob"))
+async def test_users_see_and_revoke_only_their_own_devices(auth: Platform) -> None:
+    ada = await _enroll(auth, await _code(auth))
+    bob = await _enroll(auth, await _code(auth, "teams/acme/users/bob"))
     bob_token = await _token(auth, bob)
     for request in (
-        auth.devices().ListDevices(
+        _devices(auth).ListDevices(
             device_service_pb2.ListDevicesRequest(parent="teams/acme/users/ada"),
             metadata=_bearer(bob_token),
         ),
-        auth.devices().ListDevices(
+        _devices(auth).ListDevices(
             device_service_pb2.ListDevicesRequest(parent="teams/acme/users/-"),
             metadata=_bearer(bob_token),
         ),
-        auth.devices().RevokeDevice(
+        _devices(auth).RevokeDevice(
             device_service_pb2.RevokeDeviceRequest(name=ada.name), metadata=_bearer(bob_token)
         ),
     ):
@@ -394,16 +305,18 @@ async def test_users_see_and_revoke_only_their_own_devices(auth: AuthServer) -> 
         assert "team admin" in (error.details() or "")
 
 
-async def test_verify_access_token_is_for_platform_services_only(auth: AuthServer) -> None:
-    device = await _enroll(auth, await auth.code())
+async def test_verify_access_token_is_for_platform_services_only(auth: Platform) -> None:
+    device = await _enroll(auth, await _code(auth))
     token = await _token(auth, device)
     request = token_service_pb2.VerifyAccessTokenRequest(access_token=token)
-    error = await _refusal(auth.tokens().VerifyAccessToken(request))
+    error = await _refusal(_tokens(auth).VerifyAccessToken(request))
     assert error.code() is grpc.StatusCode.PERMISSION_DENIED
-    verified = await auth.tokens_as("inventory").VerifyAccessToken(request)
+    verified = await auth.as_service(
+        token_service_pb2_grpc.TokenServiceStub, "inventory"
+    ).VerifyAccessToken(request)
     assert verified.identity.device == device.name
     error = await _refusal(
-        auth.tokens_as("inventory").VerifyAccessToken(
+        auth.as_service(token_service_pb2_grpc.TokenServiceStub, "inventory").VerifyAccessToken(
             token_service_pb2.VerifyAccessTokenRequest(access_token="sfta1_unknown")  # noqa: S106
         )
     )
@@ -411,26 +324,26 @@ async def test_verify_access_token_is_for_platform_services_only(auth: AuthServe
 
 
 async def test_a_key_cannot_be_enrolled_twice_and_long_names_are_refused(
-    auth: AuthServer,
+    auth: Platform,
 ) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     request = device_service_pb2.EnrollDeviceRequest(
-        team="teams/acme", code=await auth.code(), public_key=_public_line(key)
+        team="teams/acme", code=await _code(auth), public_key=public_key_line(key)
     )
-    await auth.devices().EnrollDevice(request)
-    request.code = await auth.code()
-    error = await _refusal(auth.devices().EnrollDevice(request))
+    await _devices(auth).EnrollDevice(request)
+    request.code = await _code(auth)
+    error = await _refusal(_devices(auth).EnrollDevice(request))
     assert error.code() is grpc.StatusCode.ALREADY_EXISTS
-    request.public_key = _public_line(ed25519.Ed25519PrivateKey.generate())
+    request.public_key = public_key_line(ed25519.Ed25519PrivateKey.generate())
     request.display_name = "x" * 201
-    error = await _refusal(auth.devices().EnrollDevice(request))
+    error = await _refusal(_devices(auth).EnrollDevice(request))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "display_name" in (error.details() or "")
-    await auth.devices().EnrollDevice(  # neither refusal spent the second code
+    await _devices(auth).EnrollDevice(  # neither refusal spent the second code
         device_service_pb2.EnrollDeviceRequest(
             team="teams/acme",
             code=request.code,
-            public_key=_public_line(ed25519.Ed25519PrivateKey.generate()),
+            public_key=public_key_line(ed25519.Ed25519PrivateKey.generate()),
         )
     )
 
@@ -442,7 +355,7 @@ async def test_a_key_cannot_be_enrolled_twice_and_long_names_are_refused(
             "malformed-device",
             "RevokeDevice",
             lambda: device_service_pb2.RevokeDeviceRequest(name="laptop"),
-            "not a device resource name",
+            "not a resource name",  # refused by the declared need, before the body
         ),
         (
             "bad-page-token",
@@ -464,23 +377,23 @@ async def test_a_key_cannot_be_enrolled_twice_and_long_names_are_refused(
     ],
 )
 async def test_bad_device_requests_are_invalid(
-    auth: AuthServer, case: str, rpc: str, request_factory: Callable[[], Any], expected: str
+    auth: Platform, case: str, rpc: str, request_factory: Callable[[], Any], expected: str
 ) -> None:
-    token = await _token(auth, await _enroll(auth, await auth.code()))
-    error = await _refusal(getattr(auth.devices(), rpc)(request_factory(), metadata=_bearer(token)))
+    token = await _token(auth, await _enroll(auth, await _code(auth)))
+    error = await _refusal(getattr(_devices(auth), rpc)(request_factory(), metadata=_bearer(token)))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert expected in (error.details() or "")
 
 
-async def test_devices_list_in_pages_without_gaps_or_repeats(auth: AuthServer) -> None:
-    names = [(await _enroll(auth, await auth.code())).name for _ in range(3)]
-    await _enroll(auth, await auth.code("teams/acme/users/bob"))  # not ada's: not listed
-    last = await _enroll(auth, await auth.code())
+async def test_devices_list_in_pages_without_gaps_or_repeats(auth: Platform) -> None:
+    names = [(await _enroll(auth, await _code(auth))).name for _ in range(3)]
+    await _enroll(auth, await _code(auth, "teams/acme/users/bob"))  # not ada's: not listed
+    last = await _enroll(auth, await _code(auth))
     token = await _token(auth, last)
     seen: list[str] = []
     page_token = ""
     while True:
-        page = await auth.devices().ListDevices(
+        page = await _devices(auth).ListDevices(
             device_service_pb2.ListDevicesRequest(
                 parent="teams/acme/users/ada", page_size=2, page_token=page_token
             ),

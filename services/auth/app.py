@@ -8,7 +8,13 @@ from runtime.migrations import MigrationHistory
 from runtime.peers import Peers
 from runtime.remote_roles import RemoteRoles
 from runtime.server import ServiceBinding
-from services.auth.service import DeviceServicer, TokenServicer
+from services.auth.access_service import AccessServicer
+from services.auth.audit_service import AuditServicer, LocalAuditTrail
+from services.auth.enrollment_code_service import EnrollmentCodeServicer
+from services.auth.inventory_calls import InventoryCalls
+from services.auth.service import DeviceServicer
+from services.auth.service_user_service import ServiceUserServicer
+from services.auth.token_service import TokenServicer
 
 __all__ = ["HISTORY", "binding"]
 
@@ -18,14 +24,24 @@ HISTORY = MigrationHistory(
 
 
 def binding(database: Database, peers: Peers, clock: Clock = utc_now) -> ServiceBinding:
-    """Return the auth service's gRPC services, bound to `database` and its peers."""
+    """Return the auth service's gRPC services, bound to `database` and its peers.
+
+    `peers` calls the inventory and the CA as service "auth".
+    """
     roles = RemoteRoles(peers)
-    # RPCs without an implementation yet answer UNIMPLEMENTED (see ServiceBinding).
+    inventory = InventoryCalls(peers)
+    trail = LocalAuditTrail(database, clock)
     return ServiceBinding.from_package(
         "auth",
         "sft.auth.v1",
         implementations={
-            "DeviceService": DeviceServicer(database, roles, clock),
-            "TokenService": TokenServicer(database, clock),
+            "AccessService": AccessServicer(roles, peers, inventory, trail),
+            "AuditService": AuditServicer(database, roles, trail),
+            "DeviceService": DeviceServicer(database, roles, clock, trail=trail),
+            "EnrollmentCodeService": EnrollmentCodeServicer(
+                database, roles, peers, inventory, trail, clock
+            ),
+            "ServiceUserService": ServiceUserServicer(database, roles, inventory, trail, clock),
+            "TokenService": TokenServicer(database, inventory, clock),
         },
     )

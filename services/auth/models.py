@@ -5,17 +5,21 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import ForeignKey, Index, MetaData, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, MetaData, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from runtime.database import NAMING_CONVENTION, UTCDateTime
 
 __all__ = [
     "AccessTokenRow",
+    "AuditEventRow",
+    "AuditHeadRow",
     "Base",
     "DeviceRow",
     "EnrollmentCode",
     "FailedAttempt",
+    "ServiceKeyRow",
+    "ServiceUserRow",
     "UsedAssertion",
 ]
 
@@ -86,6 +90,10 @@ class AccessTokenRow(Base):
     )
     create_time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expire_time: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    #: SERVICE_USER only: the API key the token was got with (deleting it ends the token).
+    service_key_id: Mapped[str | None] = mapped_column(
+        ForeignKey("auth_service_keys.id", ondelete="CASCADE"), default=None, index=True
+    )
 
 
 class UsedAssertion(Base):
@@ -111,3 +119,73 @@ class FailedAttempt(Base):
     #: Who guessed: the peer's IP address.
     source: Mapped[str] = mapped_column(String(64))
     create_time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class ServiceUserRow(Base):
+    """A service user's auth side; its backing inventory user has the same id (`name`)."""
+
+    __tablename__ = "auth_service_users"
+    __table_args__ = (UniqueConstraint("team", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    team: Mapped[str] = mapped_column(String(63))
+    #: The service user id, also the backing user's id: teams/{team}/users/{name}.
+    name: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(String(1000))
+    create_time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class ServiceKeyRow(Base):
+    """A service user's API key: its public id and the hash of its secret."""
+
+    __tablename__ = "auth_service_keys"
+
+    #: The key id integrators send (a UUID); the last segment of the key resource name.
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    service_user_id: Mapped[str] = mapped_column(
+        ForeignKey("auth_service_users.id", ondelete="CASCADE"), index=True
+    )
+    team: Mapped[str] = mapped_column(String(63))
+    #: Hex SHA-256 of the secret; the secret itself is never stored.
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_use_time: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class AuditEventRow(Base):
+    """One event of a team's hash-chained audit trail (see services.auth.audit_chain)."""
+
+    __tablename__ = "auth_audit_events"
+    __table_args__ = (
+        # The backstop behind the head lock: two events can never share a place.
+        UniqueConstraint("team", "sequence"),
+        Index("ix_auth_audit_events_team_time", "team", "time"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    team: Mapped[str] = mapped_column(String(63))
+    #: 1, 2, 3 … per team, without gaps.
+    sequence: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(500))
+    #: user, service_user, server, platform or anonymous.
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    resource: Mapped[str] = mapped_column(String(500))
+    #: success, denied or failed.
+    outcome: Mapped[str] = mapped_column(String(16))
+    source_address: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict[str, str]] = mapped_column(JSON)
+    previous_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHeadRow(Base):
+    """The last event appended to a team's chain; appends lock this row, one at a time."""
+
+    __tablename__ = "auth_audit_heads"
+
+    team: Mapped[str] = mapped_column(String(63), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))

@@ -65,17 +65,17 @@ def test_serve_answers_health_reflection_and_metrics_then_stops_on_sigterm(
             listed = _reflected_services(channel)
             assert set(SERVICES.values()) <= listed
             assert "grpc.health.v1.Health" in listed
-            # A contract RPC that a later version implements answers UNIMPLEMENTED, politely.
+            # A member's RPC without a token is refused before it runs, in one line.
             with pytest.raises(grpc.RpcError) as caught:
                 channel.unary_unary("/sft.inventory.v1.ProjectService/GetProject")(b"", timeout=5)
-            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert "not implemented" in caught.value.details()
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "sft login" in caught.value.details()
         metrics = (
             urllib.request.urlopen(f"http://127.0.0.1:{platform.metrics_port}/metrics", timeout=5)
             .read()
             .decode()
         )
-        assert 'grpc_server_handled_total{grpc_code="UNIMPLEMENTED"' in metrics
+        assert 'grpc_server_handled_total{grpc_code="UNAUTHENTICATED"' in metrics
         assert 'grpc_service="grpc.health.v1.Health"' in metrics
     finally:
         assert platform.stop() == 0, platform.log()
