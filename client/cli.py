@@ -18,8 +18,10 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click
 
+from client.commands.admin import admin_group
 from client.commands.enrollment import enroll_command, unenroll_command
 from client.commands.login import login_command, logout_command
+from client.commands.servers import list_servers_command, resolve_command
 from client.commands.teams import (
     device_info_command,
     list_teams_command,
@@ -115,5 +117,8 @@ for _command in (
     use_command,
     list_teams_command,
     device_info_command,
+    list_servers_command,
+    resolve_command,
+    admin_group,
 ):
     main.add_command(_command)

@@ -69,6 +69,11 @@ class RpcFailure(ClientError):
         super().__init__(reason, hint=hint)
         self.status = status
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # copy.copy (ClientError.with_hint) rebuilds an exception from its reduce value;
+        # the default one passes only the message, and the status would be lost.
+        return (type(self), (self.reason, self.status), self.__dict__)
+
 
 class RpcErrorLike(Protocol):
     """The parts of grpc.RpcError (grpc ships no types) this module reads."""
