@@ -22,7 +22,10 @@ from runtime.identity import CallerKind, Identity, current_identity
 from runtime.peers import Peers
 from sft.auth.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
 
-__all__ = ["AuditTrail", "RemoteAuditTrail", "actor_of", "audit_event"]
+__all__ = ["DENIED", "AuditTrail", "RemoteAuditTrail", "actor_of", "audit_event"]
+
+#: The outcome of a call refused for want of a role.
+DENIED = audit_pb2.AUDIT_OUTCOME_DENIED
 
 log = structlog.get_logger("sft.audit")
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+import structlog
 
 from runtime.errors import InvalidInput, PermissionDenied, Unauthenticated
 from runtime.identity import CallerKind, Identity, current_identity
@@ -37,6 +40,8 @@ __all__ = [
 ]
 
 NEED_ATTRIBUTE = "__sft_need__"
+
+log = structlog.get_logger("sft.authorization")
 
 
 class Need(enum.Enum):
@@ -190,19 +195,52 @@ def requires(
         @functools.wraps(method)
         async def checked(self: Any, request: object, context: object) -> Any:
             target = _field(request, resource) if resource is not None else None
-            await check_need(
-                need,
-                current_identity.get(),
-                resource=target,
-                roles=getattr(self, "roles", None),
-                services=services,
-            )
+            identity = current_identity.get()
+            try:
+                await check_need(
+                    need,
+                    identity,
+                    resource=target,
+                    roles=getattr(self, "roles", None),
+                    services=services,
+                )
+            except PermissionDenied as denied:
+                await _audit_denial(self, method.__name__, identity, target, denied)
+                raise
             return await method(self, request, context)
 
         setattr(checked, NEED_ATTRIBUTE, need)
         return checked  # type: ignore[return-value]
 
     return decorate
+
+
+async def _audit_denial(
+    servicer: Any, rpc: str, identity: Identity, target: str | None, denied: PermissionDenied
+) -> None:
+    """Record a refused call in the caller's team's audit trail (when the servicer has one).
+
+    Only callers of a team are recorded: an anonymous caller names no team, and letting
+    strangers write into a team's trail would let them flood it.
+    """
+    trail = getattr(servicer, "_trail", None)
+    if trail is None or identity.team is None or identity.kind is CallerKind.ANONYMOUS:
+        return
+    # Imported here: runtime.audit needs the generated protobuf code, this module not.
+    from runtime.audit import DENIED, audit_event
+
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
+    event = audit_event(
+        f"rpc.{snake}",
+        target or f"teams/{identity.team}",
+        outcome=DENIED,
+        details={"reason": denied.message[:500]},
+        actor=identity,
+    )
+    try:
+        await trail.record(identity.team, event)
+    except Exception:  # the refusal stands whether or not it could be recorded
+        log.exception("could not audit a refused call", rpc=rpc)
 
 
 def streaming_requires(

@@ -31,6 +31,7 @@ from sft.auth.v1 import (
     access_pb2,
     access_service_pb2,
     access_service_pb2_grpc,
+    audit_pb2,
     audit_service_pb2,
     audit_service_pb2_grpc,
     enrollment_code_service_pb2,
@@ -312,6 +313,15 @@ async def test_granted_user_reaches_an_enrolled_server_and_the_other_does_not(
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "web" in (denied.details() or "")
 
+    # A member reaching for an admin verb is refused, and the refusal is audited.
+    refused_admin = await _refused(
+        platform.stub(project_service_pb2_grpc.ProjectServiceStub, carol).CreateProject(
+            project_service_pb2.CreateProjectRequest(parent=f"teams/{TEAM}", project_id="mine")
+        )
+    )
+    assert refused_admin.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "team admin" in (refused_admin.details() or "")
+
     # The admin sees it all in the audit trail, and the chain is intact.
     audit = platform.stub(audit_service_pb2_grpc.AuditServiceStub, admin)
     events = await audit.ListAuditEvents(
@@ -320,6 +330,10 @@ async def test_granted_user_reaches_an_enrolled_server_and_the_other_does_not(
     actions = [event.action for event in events.events]
     for expected in ("project.create", "grant.create", "server.enroll", "credentials.issue"):
         assert expected in actions, actions
+    denial = next(event for event in events.events if event.action == "rpc.create_project")
+    assert denial.actor == f"teams/{TEAM}/users/carol"
+    assert denial.outcome == audit_pb2.AUDIT_OUTCOME_DENIED
+    assert "team admin" in denial.details["reason"]
     verified = await audit.VerifyAuditChain(
         audit_service_pb2.VerifyAuditChainRequest(parent=f"teams/{TEAM}")
     )
