@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.errors import InvalidInput
@@ -26,6 +26,7 @@ __all__ = [
     "encode_page_token",
     "filter_digest",
     "newest_first_page",
+    "page_limit",
 ]
 
 #: What page_size 0 means, and the most one page returns (AIP-158 style).
@@ -33,6 +34,13 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
 Row = TypeVar("Row")
+
+
+def page_limit(page_size: int) -> int:
+    """Return how many rows a page of `page_size` holds (0 → 50, at most 1000); refuse < 0."""
+    if page_size < 0:
+        raise InvalidInput("page_size must not be negative; use 0 for the default of 50")
+    return DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
 
 
 def filter_digest(*filters: object) -> str:
@@ -90,12 +98,9 @@ async def newest_first_page(
             raise InvalidInput(
                 "page_token is not valid; pass next_page_token from the previous response unchanged"
             ) from None
-        query = query.where(
-            or_(
-                row_type.create_time < after_time,
-                and_(row_type.create_time == after_time, row_type.id < after_id),
-            )
-        )
+        # A row-value comparison, which PostgreSQL answers from the (time, id) index;
+        # the equivalent OR form makes it filter every earlier row.
+        query = query.where(tuple_(row_type.create_time, row_type.id) < (after_time, after_id))
     ordered = query.order_by(row_type.create_time.desc(), row_type.id.desc()).limit(size + 1)
     rows = list(await session.scalars(ordered))
     if len(rows) <= size:

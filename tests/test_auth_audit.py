@@ -23,7 +23,6 @@ from services.auth import repository
 from services.auth.audit_chain import EventContent, chain_event
 from services.auth.audit_service import LocalAuditTrail
 from services.auth.models import AuditEventRow, AuditHeadRow
-from services.inventory import repository as inventory
 from sft.auth.v1 import audit_pb2, audit_service_pb2, audit_service_pb2_grpc
 from tests.support.platform import Platform, running_platform
 
@@ -37,10 +36,7 @@ Kind = audit_pb2.AuditChainBreakKind
 async def platform(database_url: str, tmp_path: Path) -> AsyncIterator[Platform]:
     """The platform with team acme: alice (team admin) and bob (member)."""
     async with running_platform(database_url, tmp_path) as running:
-        await running.create_team(TEAM, "alice")
-        async with running.database.sessions.begin() as session:
-            team = await inventory.get_team(session, TEAM)
-            await inventory.create_user(session, team, "bob", team_admin=False)
+        await running.create_team(TEAM, "alice", members=("bob",))
         yield running
 
 

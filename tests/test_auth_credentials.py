@@ -10,14 +10,12 @@ signs, with what the client needs to check the server; every outcome is audited.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,7 +23,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
-from services.auth.assertions import ASSERTION_AUDIENCE
 from services.auth.device_keys import parse_device_key
 from services.auth.models import AuditEventRow
 from sft.auth.v1 import (
@@ -58,7 +55,7 @@ from sft.inventory.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
-from tests.support.platform import Platform, public_key_line, running_platform
+from tests.support.platform import Platform, key_assertion, public_key_line, running_platform
 
 TEAM = "acme"
 PARENT = f"teams/{TEAM}"
@@ -79,19 +76,9 @@ class Agent:
         return parse_device_key(public_key_line(self.key)).fingerprint
 
     def assertion(self, key: ed25519.Ed25519PrivateKey | None = None, **claims: Any) -> str:
-        now = int(dt.datetime.now(dt.UTC).timestamp())
-        body = {
-            "iss": self.server,
-            "sub": self.server,
-            "aud": ASSERTION_AUDIENCE,
-            "iat": now,
-            "exp": now + 60,
-            "jti": secrets.token_urlsafe(16),
-            **claims,
-        }
         signer = key or self.key
         kid = parse_device_key(public_key_line(signer)).fingerprint
-        return jwt.encode(body, signer, algorithm="EdDSA", headers={"kid": kid, "typ": "JWT"})
+        return key_assertion(signer, self.server, kid, **claims)
 
 
 @dataclass

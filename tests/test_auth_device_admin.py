@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import delete, select
 
 from services.auth.models import AuditEventRow
-from services.inventory import repository as inventory
 from services.inventory.models import User
 from sft.auth.v1 import (
     device_pb2,
@@ -36,11 +35,7 @@ Code = grpc.StatusCode
 async def platform(database_url: str, tmp_path: Path) -> AsyncIterator[Platform]:
     """The platform with team acme: alice (team admin), bob and carol (members)."""
     async with running_platform(database_url, tmp_path) as running:
-        await running.create_team(TEAM, "alice")
-        async with running.database.sessions.begin() as session:
-            team = await inventory.get_team(session, TEAM)
-            for name in ("bob", "carol"):
-                await inventory.create_user(session, team, name, team_admin=False)
+        await running.create_team(TEAM, "alice", members=("bob", "carol"))
         yield running
 
 

@@ -21,7 +21,6 @@ from runtime.pinned_codes import CodeKind, PinnedCode
 from services.auth.enrollment_codes import issue_enrollment_code
 from services.auth.models import AccessTokenRow, DeviceRow, EnrollmentCode
 from services.auth.service import ENROLL_FAILURES_ALLOWED
-from services.inventory import repository as inventory
 from sft.auth.v1 import (
     device_pb2,
     device_service_pb2,
@@ -39,11 +38,7 @@ TEAM = "acme"
 async def auth(database_url: str, tmp_path: Path) -> AsyncIterator[Platform]:
     """The platform with team acme: alice (team admin), ada and bob (members)."""
     async with running_platform(database_url, tmp_path) as platform:
-        await platform.create_team(TEAM, "alice")
-        async with platform.database.sessions.begin() as session:
-            team = await inventory.get_team(session, TEAM)
-            for name in ("ada", "bob"):
-                await inventory.create_user(session, team, name, team_admin=False)
+        await platform.create_team(TEAM, "alice", members=("ada", "bob"))
         yield platform
 
 

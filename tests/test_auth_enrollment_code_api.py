@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 
 from runtime.pinned_codes import CodeKind, PinnedCode
 from services.auth.models import AuditEventRow, EnrollmentCode
-from services.inventory import repository as inventory
 from services.inventory.models import User, UserKind, UserStatus
 from sft.auth.v1 import enrollment_code_service_pb2, enrollment_code_service_pb2_grpc
 from tests.support.platform import Platform, running_platform
@@ -31,11 +30,7 @@ Code = grpc.StatusCode
 async def platform(database_url: str, tmp_path: Path) -> AsyncIterator[Platform]:
     """Team acme: alice (team admin), bob and carol (members), dave (disabled), bot (service)."""
     async with running_platform(database_url, tmp_path) as running:
-        await running.create_team(TEAM, "alice")
-        async with running.database.sessions.begin() as session:
-            team = await inventory.get_team(session, TEAM)
-            for name in ("bob", "carol", "dave", "bot"):
-                await inventory.create_user(session, team, name, team_admin=False)
+        await running.create_team(TEAM, "alice", members=("bob", "carol", "dave", "bot"))
         async with running.database.sessions.begin() as session:
             for user in await session.scalars(select(User).where(User.name.in_(["dave", "bot"]))):
                 if user.name == "dave":

@@ -42,10 +42,7 @@ Code = grpc.StatusCode
 async def platform(database_url: str, tmp_path: Path) -> AsyncIterator[Platform]:
     """The platform with team acme: alice (team admin) and bob (member)."""
     async with running_platform(database_url, tmp_path) as running:
-        await running.create_team(TEAM, "alice")
-        async with running.database.sessions.begin() as session:
-            team = await inventory.get_team(session, TEAM)
-            await inventory.create_user(session, team, "bob", team_admin=False)
+        await running.create_team(TEAM, "alice", members=("bob",))
         yield running
 
 

@@ -25,7 +25,7 @@ from runtime.clock import timestamp
 from runtime.pinned_codes import CodeKind, PinnedCode
 from services.auth import repository as auth_repository
 from services.auth.access_tokens import hash_access_token, new_access_token
-from services.inventory import accounts_watch, fleet
+from services.inventory import accounts_watch, desired_accounts, server_keys, servers
 from services.inventory.accounts_watch import AccountsHub
 from services.inventory.models import (
     EnrollmentTokenRow,
@@ -53,9 +53,7 @@ from sft.inventory.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
-from tests.support.platform import running_platform
-from tests.support.real_software import require_program
-from tests.test_inventory_fleet import (
+from tests.support.fleet import (
     TEAM,
     Fleet,
     World,
@@ -67,6 +65,8 @@ from tests.test_inventory_fleet import (
     host_key_line,
     running_fleet,
 )
+from tests.support.platform import running_platform
+from tests.support.real_software import require_program
 
 LINUX = server_pb2.OPERATING_SYSTEM_LINUX
 
@@ -143,7 +143,9 @@ async def test_enrollment_certifies_openssh_host_keys_with_every_name(
         assert server.name == f"teams/{TEAM}/projects/web/servers/{server.id}"
         assert server.hostname == "web-1" and server.canonical_name == "web-1.prod"
         assert reply.credential.subject == server.name
-        assert reply.credential.key_fingerprint == fleet.parse_agent_key(agent_key).fingerprint
+        assert (
+            reply.credential.key_fingerprint == server_keys.parse_agent_key(agent_key).fingerprint
+        )
         assert reply.trust_anchors.trusted_user_ca_keys.startswith("ssh-ed25519 ")
         assert "BEGIN CERTIFICATE" in reply.trust_anchors.x509_ca_bundle_pem
 
@@ -176,7 +178,7 @@ async def test_enrollment_certifies_openssh_host_keys_with_every_name(
         )
         assert "web-1.prod" in names.get_values_for_type(x509.DNSName)
 
-        enrolled = running.trail.actions("server.enroll")
+        enrolled = running.trail.events_of("server.enroll")
         assert [(e.resource, e.outcome) for e in enrolled] == [
             (server.name, audit_pb2.AUDIT_OUTCOME_SUCCESS)
         ]
@@ -287,7 +289,7 @@ async def test_refused_tokens_each_say_why_and_write_nothing(
         assert uses == 1
         denied = [
             e
-            for e in running.trail.actions("server.enroll")
+            for e in running.trail.events_of("server.enroll")
             if e.outcome == audit_pb2.AUDIT_OUTCOME_DENIED
         ]
         assert len(denied) == 3
@@ -408,7 +410,7 @@ async def test_heartbeat_renewal_and_conflict_reports(database_url: str, tmp_pat
                 detail='uid 60002 belongs to local user "backup"',
             )
         )
-        [conflict] = running.trail.actions("account.conflict")
+        [conflict] = running.trail.events_of("account.conflict")
         assert conflict.outcome == audit_pb2.AUDIT_OUTCOME_FAILED
         assert conflict.resource == name
         assert dict(conflict.details) == {
@@ -444,7 +446,7 @@ async def change(running: Fleet, world: World, *rows: Any, notify: bool = True) 
     """Add `rows` and bump the team's revision, as the directory servicers do."""
     async with running.database.sessions.begin() as session:
         session.add_all(rows)
-        await fleet.bump_accounts_revision(session, world.team.id)
+        await servers.bump_accounts_revision(session, world.team.id)
     if notify:
         running.hub.notify(world.team.id)
 
@@ -513,7 +515,7 @@ async def test_watch_accounts_sends_the_list_and_every_change(
         async with running.database.sessions.begin() as session:
             project = await session.get_one(Project, world.projects["web"].id)
             project.create_server_users = False
-            await fleet.bump_accounts_revision(session, world.team.id)
+            await servers.bump_accounts_revision(session, world.team.id)
         running.hub.notify(world.team.id)
         fourth = await next_message()
         assert not fourth.create_missing
@@ -585,13 +587,13 @@ async def test_hub_computes_each_project_list_once_and_cleans_up(
         world = await build_world(running)
         hub = AccountsHub(running.database, poll_interval=0.05)
         computed: list[tuple[str, int]] = []
-        real = fleet.desired_accounts
+        real = desired_accounts.desired_accounts
 
         async def counting(session: Any, project_id: str, revision: int) -> Any:
             computed.append((project_id, revision))
             return await real(session, project_id, revision)
 
-        monkeypatch.setattr(fleet, "desired_accounts", counting)
+        monkeypatch.setattr(desired_accounts, "desired_accounts", counting)
         web = world.projects["web"].id
         lists = await asyncio.gather(*(hub.desired(web, 1) for _ in range(200)))
         assert computed == [(web, 1)]
@@ -612,7 +614,7 @@ async def test_hub_computes_each_project_list_once_and_cleans_up(
             task.cancel()
         await asyncio.gather(*tasks[:100], return_exceptions=True)
         async with running.database.sessions.begin() as session:
-            await fleet.bump_accounts_revision(session, team)
+            await servers.bump_accounts_revision(session, team)
         # No notify: the poller (one per team) finds the new revision.
         await asyncio.wait_for(asyncio.gather(*tasks[100:]), timeout=5)
         assert woken == [2] * 100

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +23,17 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from runtime.database import Database
-from runtime.migrations import upgrade
 from runtime.peers import Peers
-from runtime.server import Endpoint, PlatformServer, ServiceBinding
-from runtime.tls import ensure_dev_pki
-from services.ca.key_encryption import generate_key_file
+from runtime.server import ServiceBinding
 from services.inventory import repository
-from services.inventory.directory_service import (
-    CREATE_USER_ATTEMPTS,
-    BastionServicer,
-    GroupServicer,
-    ProjectServicer,
-    TeamServicer,
-    UserServicer,
-)
+from services.inventory.bastions_service import BastionServicer
+from services.inventory.groups_service import GroupServicer
 from services.inventory.models import Bastion, Grant, Group, GroupMember, Project, Server, Team
 from services.inventory.models import User as UserRow
+from services.inventory.projects_service import ProjectServicer
 from services.inventory.roles import LocalRoles
-from services.platform.registry import authenticator_for, histories_for, service_bindings
-from services.platform.settings import SERVICE_NAMES
-from sft.auth.v1 import audit_pb2
+from services.inventory.teams_service import TeamServicer
+from services.inventory.users_service import CREATE_USER_ATTEMPTS, UserServicer
 from sft.ca.v1 import ca_service_pb2, ca_service_pb2_grpc
 from sft.inventory.v1 import (
     bastion_pb2,
@@ -61,26 +52,11 @@ from sft.inventory.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
-from tests.support.platform import Clock, Platform
+from tests.support.platform import Clock, Platform, RecordingTrail, running_platform
 
 Code = grpc.StatusCode
 #: Not a page token any listing hands out.
 DAMAGED = "%%"
-
-
-@dataclass
-class RecordingTrail:
-    """An AuditTrail that keeps (team, event) in memory."""
-
-    events: list[tuple[str, audit_pb2.AuditEvent]] = field(default_factory=list)
-
-    async def record(self, team: str, event: audit_pb2.AuditEvent) -> None:
-        """Keep `event`."""
-        self.events.append((team, event))
-
-    def actions(self) -> list[str]:
-        """Return the recorded actions in order."""
-        return [event.action for _, event in self.events]
 
 
 @dataclass
@@ -215,46 +191,17 @@ def _inventory_binding(
 @asynccontextmanager
 async def running_directory(database_url: str, directory: Path) -> AsyncIterator[Directory]:
     """Serve CA + auth (as registered) + the directory servicers; acme/alice is team admin."""
-    tls_dir = directory / "tls"
-    tls = ensure_dev_pki(tls_dir, ["127.0.0.1", "localhost"], services=SERVICE_NAMES)
-    kek = generate_key_file(directory / "ca-kek.key")
-    clock = Clock()
-    database = Database.connect(database_url)
-    await upgrade(database, histories_for(SERVICE_NAMES))
-    server: PlatformServer | None = None
-
-    def local_address() -> str | None:
-        return f"127.0.0.1:{server.internal_port}" if server and server.internal_port else None
-
-    peers = Peers("platform", tls_dir, local_address=local_address)
     trail = RecordingTrail()
     changed: list[str] = []
-    bindings = service_bindings(
-        ("ca", "auth"), database, ca_key_encryption=kek, peers=peers, clock=clock
-    )
-    bindings.append(
-        _inventory_binding(database, peers.for_service("inventory"), trail, changed, clock)
-    )
-    server = PlatformServer(
-        bindings,
-        Endpoint("127.0.0.1", 0),
-        tls,
-        authenticate=authenticator_for(SERVICE_NAMES, database, clock),
-        internal_listen=Endpoint("127.0.0.1", 0),
-        grace_seconds=0,
-    )
-    await server.start()
-    platform = Platform(server, database, tls, tls_dir, clock, peers)
-    try:
+
+    def inventory(database: Database, peers: Peers, clock: Clock) -> ServiceBinding:
+        return _inventory_binding(database, peers, trail, changed, clock)
+
+    async with running_platform(database_url, directory, inventory=inventory) as platform:
         await platform.create_team("acme", "alice")
         found = Directory(platform, trail, changed)
         found.token = await platform.login("acme", "alice")
         yield found
-    finally:
-        await platform.close_channels()
-        await server.stop()
-        await peers.close()
-        await database.close()
 
 
 @pytest.fixture

@@ -2,363 +2,47 @@
 enrollment tokens, listing and resolving servers as people with and without grants,
 admin changes, and the access decision the auth service asks for.
 
-`running_fleet` (used by tests/test_inventory_agents.py too) serves the real CA and
-auth services with the inventory's fleet servicers, the way the platform wires them;
-people and agents get real access tokens recorded in auth's table.
+The harness (`running_fleet`, the world, enrollment helpers) is tests/support/fleet.py.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import func, select
 
 from runtime.clock import timestamp
-from runtime.database import Database
-from runtime.migrations import upgrade
-from runtime.peers import Peers
 from runtime.pinned_codes import CodeKind, PinnedCode
-from runtime.server import Endpoint, PlatformServer, ServiceBinding
-from runtime.service_identity import service_channel
-from runtime.tls import TLSFiles, ca_sha256, ensure_dev_pki, service_tls_files
-from services.auth import repository as auth_repository
-from services.auth.access_tokens import hash_access_token, new_access_token
-from services.ca.key_encryption import generate_key_file
-from services.inventory.accounts_watch import AccountsHub
-from services.inventory.fleet_service import (
-    AgentServicer,
-    EnrollmentTokenServicer,
-    ServerServicer,
-)
 from services.inventory.models import (
     Bastion,
     EnrollmentTokenRow,
-    Grant,
-    GrantRole,
-    Group,
-    GroupMember,
     Project,
     Server,
     ServerName,
-    Team,
-    User,
-    UserStatus,
 )
-from services.inventory.roles import LocalRoles
-from services.platform.registry import authenticator_for, histories_for, service_bindings
-from services.platform.settings import SERVICE_NAMES
-from sft.auth.v1 import audit_pb2
-from sft.ca.v1 import ca_service_pb2, ca_service_pb2_grpc
 from sft.inventory.v1 import (
     agent_pb2,
     agent_service_pb2,
-    agent_service_pb2_grpc,
     enrollment_token_pb2,
     enrollment_token_service_pb2,
-    enrollment_token_service_pb2_grpc,
     project_pb2,
     server_pb2,
     server_service_pb2,
     server_service_pb2_grpc,
 )
-from tests.support.ca_server import Clock
-
-Stub = TypeVar("Stub")
-TEAM = "acme"
-
-
-# --- the harness -----------------------------------------------------------------------
-
-
-class RecordingTrail:
-    """An AuditTrail that keeps events in memory (auth's AuditService is another issue)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, audit_pb2.AuditEvent]] = []
-
-    async def record(self, team: str, event: audit_pb2.AuditEvent) -> None:
-        """Keep `event` for `team`."""
-        self.events.append((team, event))
-
-    def actions(self, action: str) -> list[audit_pb2.AuditEvent]:
-        """Return the recorded events of `action`, oldest first."""
-        return [event for _, event in self.events if event.action == action]
-
-
-@dataclass
-class Fleet:
-    """The started services, the hub, and ways to call them as people, agents or services."""
-
-    server: PlatformServer
-    database: Database
-    tls: TLSFiles
-    tls_dir: Path
-    hub: AccountsHub
-    trail: RecordingTrail
-    clock: Clock
-    _channels: list[grpc.aio.Channel] = field(default_factory=list)
-
-    @property
-    def pin(self) -> bytes:
-        """Return the SHA-256 of the platform CA (what enrollment tokens pin)."""
-        return ca_sha256(self.tls.ca_file.read_bytes())
-
-    def stub(self, stub_class: type[Stub], token: str | None = None) -> Stub:
-        """Return `stub_class` on the public listener, as the bearer of `token` (if any)."""
-        credentials = grpc.ssl_channel_credentials(self.tls.ca_file.read_bytes())
-        if token is not None:
-            credentials = grpc.composite_channel_credentials(
-                credentials, grpc.access_token_call_credentials(token)
-            )
-        channel = grpc.aio.secure_channel(f"127.0.0.1:{self.server.port}", credentials)
-        self._channels.append(channel)
-        return stub_class(channel)  # type: ignore[call-arg]
-
-    def as_service(self, stub_class: type[Stub], service: str) -> Stub:
-        """Return `stub_class` on the internal listener, as platform service `service`."""
-        channel = service_channel(
-            f"127.0.0.1:{self.server.internal_port}", service_tls_files(self.tls_dir, service)
-        )
-        self._channels.append(channel)
-        return stub_class(channel)  # type: ignore[call-arg]
-
-    async def _token(self, kind: str, principal: str) -> str:
-        # Shortcut: record the token the way TokenService would after checking a key
-        # assertion; the authenticator that checks it on every call is the real one.
-        token = new_access_token()
-        token_hash = hash_access_token(token)
-        assert token_hash is not None
-        now = dt.datetime.now(dt.UTC)
-        async with self.database.sessions.begin() as session:
-            await auth_repository.create_access_token(
-                session,
-                token_hash=token_hash,
-                kind=kind,
-                team=TEAM,
-                principal=principal,
-                device_id=None,
-                now=now,
-                expire_time=now + dt.timedelta(hours=1),
-            )
-        return token
-
-    async def user_token(self, user: str) -> str:
-        """Return a bearer token for person `user` of the team."""
-        return await self._token("user", f"teams/{TEAM}/users/{user}")
-
-    async def agent_token(self, server_name: str) -> str:
-        """Return a bearer token for the agent of server `server_name` (a resource name)."""
-        return await self._token("server", server_name)
-
-    def tokens(self, token: str) -> enrollment_token_service_pb2_grpc.EnrollmentTokenServiceStub:
-        """Return an EnrollmentTokenService stub as `token`'s bearer."""
-        return self.stub(enrollment_token_service_pb2_grpc.EnrollmentTokenServiceStub, token)
-
-    def servers(self, token: str) -> server_service_pb2_grpc.ServerServiceStub:
-        """Return a ServerService stub as `token`'s bearer."""
-        return self.stub(server_service_pb2_grpc.ServerServiceStub, token)
-
-    def agents(self, token: str | None = None) -> agent_service_pb2_grpc.AgentServiceStub:
-        """Return an AgentService stub (anonymous without `token`)."""
-        return self.stub(agent_service_pb2_grpc.AgentServiceStub, token)
-
-    async def close_channels(self) -> None:
-        """Close every channel handed out."""
-        for channel in self._channels:
-            await channel.close()
-        self._channels.clear()
-
-
-@asynccontextmanager
-async def running_fleet(
-    database_url: str, directory: Path, *, poll_interval: float = 0.2
-) -> AsyncIterator[Fleet]:
-    """Serve CA, auth and the inventory's fleet servicers on loopback; stop afterwards."""
-    tls_dir = directory / "tls"
-    tls = ensure_dev_pki(tls_dir, ["127.0.0.1", "localhost"], services=SERVICE_NAMES)
-    kek = generate_key_file(directory / "ca-kek.key")
-    clock = Clock()
-    database = Database.connect(database_url)
-    await upgrade(database, histories_for(SERVICE_NAMES))
-    server: PlatformServer | None = None
-
-    def local_address() -> str | None:
-        return f"127.0.0.1:{server.internal_port}" if server and server.internal_port else None
-
-    peers = Peers("platform", tls_dir, local_address=local_address)
-    hub = AccountsHub(database, clock, poll_interval=poll_interval)
-    trail = RecordingTrail()
-    shared: dict[str, Any] = {
-        "roles": LocalRoles(database),
-        "trail": trail,
-        "hub": hub,
-        "clock": clock,
-    }
-    inventory_peers = peers.for_service("inventory")
-    inventory = ServiceBinding.from_package(
-        "inventory",
-        "sft.inventory.v1",
-        implementations={
-            "ServerService": ServerServicer(database, inventory_peers, **shared),
-            "EnrollmentTokenService": EnrollmentTokenServicer(database, inventory_peers, **shared),
-            "AgentService": AgentServicer(database, inventory_peers, **shared),
-        },
-    )
-    bindings = service_bindings(("ca", "auth"), database, ca_key_encryption=kek, peers=peers)
-    server = PlatformServer(
-        [*bindings, inventory],
-        Endpoint("127.0.0.1", 0),
-        tls,
-        authenticate=authenticator_for(SERVICE_NAMES, database),
-        internal_listen=Endpoint("127.0.0.1", 0),
-        grace_seconds=0,
-    )
-    await server.start()
-    running = Fleet(server, database, tls, tls_dir, hub, trail, clock)
-    try:
-        yield running
-    finally:
-        await running.close_channels()
-        await server.stop()
-        await hub.close()
-        await peers.close()
-        await database.close()
-
-
-# --- the world the tests act on ---------------------------------------------------------
-
-
-@dataclass
-class World:
-    """Team acme: alice (team admin), bob (web user, db admin), carol (no grants),
-    dave (disabled, web user); projects web and db with their CA authorities."""
-
-    team: Team
-    projects: dict[str, Project]
-    users: dict[str, User]
-    groups: dict[str, Group]
-
-
-async def build_world(running: Fleet) -> World:
-    """Create the team, people, groups, grants and projects (with authorities)."""
-    async with running.database.sessions.begin() as session:
-        team = Team(name=TEAM)
-        session.add(team)
-        await session.flush()
-        users = {}
-        for index, (name, admin, status) in enumerate(
-            [
-                ("alice", True, UserStatus.ACTIVE),
-                ("bob", False, UserStatus.ACTIVE),
-                ("carol", False, UserStatus.ACTIVE),
-                ("dave", False, UserStatus.DISABLED),
-            ]
-        ):
-            users[name] = User(
-                team_id=team.id,
-                name=name,
-                unix_uid=60001 + index,
-                unix_gid=63001 + index,
-                windows_name=name,
-                team_admin=admin,
-                status=status,
-                display_name=name.title(),
-            )
-            session.add(users[name])
-        projects = {
-            "web": Project(team_id=team.id, name="web", allowed_admin_account_names=["root"]),
-            "db": Project(team_id=team.id, name="db"),
-        }
-        groups = {name: Group(team_id=team.id, name=name) for name in ("devs", "dbas")}
-        session.add_all([*projects.values(), *groups.values()])
-        await session.flush()
-        session.add_all(
-            [
-                GroupMember(group_id=groups["devs"].id, user_id=users["bob"].id),
-                GroupMember(group_id=groups["devs"].id, user_id=users["dave"].id),
-                GroupMember(group_id=groups["dbas"].id, user_id=users["bob"].id),
-                Grant(
-                    project_id=projects["web"].id, group_id=groups["devs"].id, role=GrantRole.USER
-                ),
-                Grant(
-                    project_id=projects["db"].id, group_id=groups["dbas"].id, role=GrantRole.ADMIN
-                ),
-            ]
-        )
-    ca = running.as_service(ca_service_pb2_grpc.CertificateAuthorityServiceStub, "inventory")
-    for name in projects:
-        await ca.CreateProjectAuthorities(
-            ca_service_pb2.CreateProjectAuthoritiesRequest(project=f"teams/{TEAM}/projects/{name}")
-        )
-    return World(team, projects, users, groups)
-
-
-def agent_key_line() -> tuple[ed25519.Ed25519PrivateKey, str]:
-    """Return a fresh agent key and its OpenSSH public line."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    line = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
-    return key, line
-
-
-def host_key_line() -> str:
-    """Return a fresh Ed25519 host public key line."""
-    return agent_key_line()[1]
-
-
-async def create_token(running: Fleet, project: str, **settings: Any) -> str:
-    """Create an enrollment token of `project` as alice (team admin); return its string."""
-    reply = await running.tokens(await running.user_token("alice")).CreateEnrollmentToken(
-        enrollment_token_service_pb2.CreateEnrollmentTokenRequest(
-            parent=f"teams/{TEAM}/projects/{project}",
-            enrollment_token=enrollment_token_pb2.EnrollmentToken(**settings),
-        )
-    )
-    return str(reply.token)
-
-
-async def enroll(
-    running: Fleet,
-    token: str,
-    hostname: str,
-    *,
-    agent_key: str | None = None,
-    host_keys: list[str] | None = None,
-    os: server_pb2.OperatingSystem.ValueType = server_pb2.OPERATING_SYSTEM_WINDOWS,
-    **facts: Any,
-) -> agent_service_pb2.EnrollServerResponse:
-    """Enroll a server (Windows without host keys by default: no SSH certificates)."""
-    reply: agent_service_pb2.EnrollServerResponse = await running.agents().EnrollServer(
-        agent_service_pb2.EnrollServerRequest(
-            enrollment_token=token,
-            agent_public_key=agent_key or agent_key_line()[1],
-            host_public_keys=host_keys or [],
-            facts=agent_pb2.ServerFacts(hostname=hostname, os=os, **facts),
-        )
-    )
-    return reply
-
-
-async def expect_error(code: grpc.StatusCode, call: Any) -> str:
-    """Await `call`, expect it to fail with `code`, and return its message."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    assert caught.value.code() == code, caught.value.details()
-    return str(caught.value.details())
-
+from tests.support.fleet import (
+    TEAM,
+    build_world,
+    create_token,
+    enroll,
+    expect_error,
+    host_key_line,
+    running_fleet,
+)
 
 # --- enrollment tokens --------------------------------------------------------------------
 
@@ -423,11 +107,11 @@ async def test_project_admin_creates_lists_and_revokes_tokens(
             )
         )
         assert len(everything.enrollment_tokens) == 2
-        assert [e.resource for e in running.trail.actions("token.create")] == [
+        assert [e.resource for e in running.trail.events_of("token.create")] == [
             token.name,
             second.enrollment_token.name,
         ]
-        assert len(running.trail.actions("token.revoke")) == 2
+        assert len(running.trail.events_of("token.revoke")) == 2
         assert all(created.token not in str(event) for _, event in running.trail.events)
 
 
@@ -639,7 +323,7 @@ async def test_update_keeps_names_in_sync_and_delete_stops_the_agent(
         assert "enroll it again" in message
         async with running.database.sessions() as session:
             assert await session.scalar(select(func.count()).select_from(ServerName)) == 0
-        assert [e.resource for e in running.trail.actions("server.delete")] == [name]
+        assert [e.resource for e in running.trail.events_of("server.delete")] == [name]
 
 
 # --- resolve ------------------------------------------------------------------------------

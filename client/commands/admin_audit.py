@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from client.commands.admin_params import POINT_IN_TIME, Checkpoint, CheckpointType
-from client.commands.admin_rpc import (
+from client.commands.calls import (
     enum_name,
     every_page,
     message_time,

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from client.commands.admin_rpc import every_page, message_time, run_in_session, team_resource
+from client.commands.calls import every_page, message_time, run_in_session, team_resource
 from client.commands.options import team_option
 from client.commands.servers import resolve_server
 from client.errors import ClientError

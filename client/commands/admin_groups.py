@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-from client.commands.admin_rpc import (
-    every_page,
+from client.commands.admin_users import user_resource
+from client.commands.calls import (
+    list_every,
     message_time,
     run_in_session,
     team_resource,
 )
-from client.commands.admin_users import user_resource
 from client.commands.options import team_option
 from client.output import (
     Column,
@@ -116,11 +116,15 @@ def list_groups_command(team: str | None, output: str) -> None:
       sft admin group list -o json
     """
 
-    async def work(session: Session) -> list[group_pb2.Group]:
-        request = group_service_pb2.ListGroupsRequest(parent=team_resource(session))
-        return await every_page(_groups(session).ListGroups, request, "groups")
-
-    items = [group_json(group) for group in run_in_session(team, work)]
+    groups = list_every(
+        team,
+        "groups",
+        lambda session: (
+            _groups(session).ListGroups,
+            group_service_pb2.ListGroupsRequest(parent=team_resource(session)),
+        ),
+    )
+    items = [group_json(group) for group in groups]
     emit(output, items, render_columns(GROUP_COLUMNS, items, "No groups."))
 
 
@@ -211,16 +215,20 @@ def members_command(team: str | None, group: str, output: str) -> None:
       sft admin group members developers -o json
     """
 
-    async def work(session: Session) -> list[group_pb2.GroupMember]:
-        request = group_service_pb2.ListGroupMembersRequest(parent=_group_resource(session, group))
-        return await every_page(_groups(session).ListGroupMembers, request, "members")
-
+    members = list_every(
+        team,
+        "members",
+        lambda session: (
+            _groups(session).ListGroupMembers,
+            group_service_pb2.ListGroupMembersRequest(parent=_group_resource(session, group)),
+        ),
+    )
     items = [
         {
             "user": short_id(member.user),
             "resource": member.user,
             "create_time": iso_time(message_time(member, "create_time")),
         }
-        for member in run_in_session(team, work)
+        for member in members
     ]
     emit(output, items, render_columns(MEMBER_COLUMNS, items, f"Group {group} has no members."))

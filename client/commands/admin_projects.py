@@ -15,11 +15,12 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from client.commands.admin_bastions import find_bastion
 from client.commands.admin_params import DURATION, confirm_or_refuse, format_duration
-from client.commands.admin_rpc import (
+from client.commands.calls import (
     enum_name,
-    every_page,
     explain_status,
+    list_every,
     message_time,
+    project_resource,
     run_in_session,
     team_resource,
 )
@@ -100,10 +101,6 @@ GRANT_COLUMNS = (
 
 def _projects(session: Session) -> project_service_pb2_grpc.ProjectServiceStub:
     return project_service_pb2_grpc.ProjectServiceStub(session.channel())
-
-
-def _project_resource(session: Session, project: str) -> str:
-    return f"{team_resource(session)}/projects/{project}"
 
 
 def _settings_options(*, updating: bool) -> Callable[[Any], Any]:
@@ -216,7 +213,7 @@ def project_changes(options: dict[str, Any]) -> dict[str, Any]:
 async def _project_message(
     session: Session, name: str, changes: dict[str, Any], *, exists: bool
 ) -> project_pb2.Project:
-    project = project_pb2.Project(name=_project_resource(session, name))
+    project = project_pb2.Project(name=project_resource(session, name))
     for field, value in changes.items():
         if field == "allowed_admin_account_names":
             project.allowed_admin_account_names.extend(value)
@@ -333,11 +330,15 @@ def list_projects_command(team: str | None, output: str) -> None:
       sft admin project list -o json
     """
 
-    async def work(session: Session) -> list[project_pb2.Project]:
-        request = project_service_pb2.ListProjectsRequest(parent=team_resource(session))
-        return await every_page(_projects(session).ListProjects, request, "projects")
-
-    items = [project_json(project) for project in run_in_session(team, work)]
+    projects = list_every(
+        team,
+        "projects",
+        lambda session: (
+            _projects(session).ListProjects,
+            project_service_pb2.ListProjectsRequest(parent=team_resource(session)),
+        ),
+    )
+    items = [project_json(project) for project in projects]
     emit(output, items, render_columns(PROJECT_COLUMNS, items, "No projects."))
 
 
@@ -359,7 +360,7 @@ def delete_project_command(team: str | None, name: str, yes: bool, output: str) 
     async def work(session: Session) -> None:
         try:
             await _projects(session).DeleteProject(
-                project_service_pb2.DeleteProjectRequest(name=_project_resource(session, name))
+                project_service_pb2.DeleteProjectRequest(name=project_resource(session, name))
             )
         except ClientError as exc:
             raise explain_status(
@@ -405,7 +406,7 @@ def grant_command(team: str | None, group: str, project: str, admin: bool, outpu
         try:
             reply: project_service_pb2.CreateGrantResponse = await _projects(session).CreateGrant(
                 project_service_pb2.CreateGrantRequest(
-                    parent=_project_resource(session, project),
+                    parent=project_resource(session, project),
                     grant=project_pb2.ProjectGrant(
                         group=f"{team_resource(session)}/groups/{group}", role=role
                     ),
@@ -441,7 +442,7 @@ def revoke_command(team: str | None, group: str, project: str, output: str) -> N
     async def work(session: Session) -> None:
         await _projects(session).DeleteGrant(
             project_service_pb2.DeleteGrantRequest(
-                name=f"{_project_resource(session, project)}/grants/{group}"
+                name=f"{project_resource(session, project)}/grants/{group}"
             )
         )
 
@@ -466,9 +467,13 @@ def grants_command(team: str | None, project: str, output: str) -> None:
       sft admin project grants web -o json
     """
 
-    async def work(session: Session) -> list[project_pb2.ProjectGrant]:
-        request = project_service_pb2.ListGrantsRequest(parent=_project_resource(session, project))
-        return await every_page(_projects(session).ListGrants, request, "grants")
-
-    items = [grant_json(grant, project) for grant in run_in_session(team, work)]
+    grants = list_every(
+        team,
+        "grants",
+        lambda session: (
+            _projects(session).ListGrants,
+            project_service_pb2.ListGrantsRequest(parent=project_resource(session, project)),
+        ),
+    )
+    items = [grant_json(grant, project) for grant in grants]
     emit(output, items, render_columns(GRANT_COLUMNS, items, f"Project {project} grants no group."))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from client.commands.admin_params import confirm_or_refuse, refuse_without_terminal
-from client.commands.admin_rpc import run_in_session
+from client.commands.calls import run_in_session
 from client.commands.options import team_option
 from client.commands.servers import (
     ADMIN_COLUMNS,

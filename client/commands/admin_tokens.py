@@ -11,7 +11,12 @@ from typing import Any
 import click
 
 from client.commands.admin_params import DurationType
-from client.commands.admin_rpc import every_page, message_time, run_in_session, team_resource
+from client.commands.calls import (
+    list_every,
+    message_time,
+    project_resource,
+    run_in_session,
+)
 from client.commands.options import team_option
 from client.output import (
     Column,
@@ -93,10 +98,6 @@ def _tokens(session: Session) -> enrollment_token_service_pb2_grpc.EnrollmentTok
     return enrollment_token_service_pb2_grpc.EnrollmentTokenServiceStub(session.channel())
 
 
-def _project_resource(session: Session, project: str) -> str:
-    return f"{team_resource(session)}/projects/{project}"
-
-
 project_option = click.option(
     "--project", required=True, metavar="PROJECT", help="The project servers enroll into."
 )
@@ -158,7 +159,7 @@ def create_token_command(
             token.expire_time.FromDatetime(dt.datetime.now(dt.UTC) + expires)
         reply = await _tokens(session).CreateEnrollmentToken(
             enrollment_token_service_pb2.CreateEnrollmentTokenRequest(
-                parent=_project_resource(session, project), enrollment_token=token
+                parent=project_resource(session, project), enrollment_token=token
             )
         )
         return {
@@ -198,13 +199,17 @@ def list_tokens_command(team: str | None, project: str, show_all: bool, output: 
       sft admin token list --project web --all -o json
     """
 
-    async def work(session: Session) -> list[enrollment_token_pb2.EnrollmentToken]:
-        request = enrollment_token_service_pb2.ListEnrollmentTokensRequest(
-            parent=_project_resource(session, project), show_revoked=show_all
-        )
-        return await every_page(_tokens(session).ListEnrollmentTokens, request, "enrollment_tokens")
-
-    items = [{**token_json(token), "project": project} for token in run_in_session(team, work)]
+    tokens = list_every(
+        team,
+        "enrollment_tokens",
+        lambda session: (
+            _tokens(session).ListEnrollmentTokens,
+            enrollment_token_service_pb2.ListEnrollmentTokensRequest(
+                parent=project_resource(session, project), show_revoked=show_all
+            ),
+        ),
+    )
+    items = [{**token_json(token), "project": project} for token in tokens]
     now = dt.datetime.now(dt.UTC)
     emit(output, items, render_columns(_columns(now), items, f"Project {project} has no tokens."))
 
@@ -227,7 +232,7 @@ def revoke_token_command(team: str | None, project: str, token_id: str, output: 
             session
         ).RevokeEnrollmentToken(
             enrollment_token_service_pb2.RevokeEnrollmentTokenRequest(
-                name=f"{_project_resource(session, project)}/enrollmentTokens/{token_id}"
+                name=f"{project_resource(session, project)}/enrollmentTokens/{token_id}"
             )
         )
         return reply.enrollment_token

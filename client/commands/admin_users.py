@@ -15,10 +15,10 @@ import click
 from google.protobuf.field_mask_pb2 import FieldMask
 
 from client.commands.admin_params import DurationType, format_duration
-from client.commands.admin_rpc import (
+from client.commands.calls import (
     enum_name,
-    every_page,
     explain_status,
+    list_every,
     message_time,
     run_in_session,
     team_resource,
@@ -266,19 +266,23 @@ def list_users_command(team: str | None, status: str | None, kind: str | None, o
       sft admin user list --status disabled -o json
     """
 
-    async def work(session: Session) -> list[user_pb2.User]:
-        request = user_service_pb2.ListUsersRequest(
-            parent=team_resource(session),
-            status=user_pb2.UserStatus.Value(f"USER_STATUS_{status.upper()}")
-            if status
-            else user_pb2.USER_STATUS_UNSPECIFIED,
-            kind=user_pb2.UserKind.Value(f"USER_KIND_{kind.upper()}")
-            if kind
-            else user_pb2.USER_KIND_UNSPECIFIED,
-        )
-        return await every_page(_users(session).ListUsers, request, "users")
-
-    items = [user_json(user) for user in run_in_session(team, work)]
+    users = list_every(
+        team,
+        "users",
+        lambda session: (
+            _users(session).ListUsers,
+            user_service_pb2.ListUsersRequest(
+                parent=team_resource(session),
+                status=user_pb2.UserStatus.Value(f"USER_STATUS_{status.upper()}")
+                if status
+                else user_pb2.USER_STATUS_UNSPECIFIED,
+                kind=user_pb2.UserKind.Value(f"USER_KIND_{kind.upper()}")
+                if kind
+                else user_pb2.USER_KIND_UNSPECIFIED,
+            ),
+        ),
+    )
+    items = [user_json(user) for user in users]
     emit(output, items, render_columns(USER_COLUMNS, items, "No users."))
 
 
@@ -487,11 +491,15 @@ def list_service_users_command(team: str | None, output: str) -> None:
       sft admin service-user list -o json
     """
 
-    async def work(session: Session) -> list[service_user_pb2.ServiceUser]:
-        request = service_user_service_pb2.ListServiceUsersRequest(parent=team_resource(session))
-        return await every_page(_service_users(session).ListServiceUsers, request, "service_users")
-
-    items = [service_user_json(item) for item in run_in_session(team, work)]
+    service_users = list_every(
+        team,
+        "service_users",
+        lambda session: (
+            _service_users(session).ListServiceUsers,
+            service_user_service_pb2.ListServiceUsersRequest(parent=team_resource(session)),
+        ),
+    )
+    items = [service_user_json(item) for item in service_users]
     emit(output, items, render_columns(SERVICE_USER_COLUMNS, items, "No service users."))
 
 

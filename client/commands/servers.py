@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from client.commands.admin_rpc import (
+from client.commands.calls import (
     every_page,
     explain_status,
     message_time,

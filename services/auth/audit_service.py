@@ -21,6 +21,7 @@ from runtime.cert_uris import split_team_name
 from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import InvalidInput, Unavailable
+from runtime.page_tokens import page_limit
 from services.auth import repository
 from services.auth.audit_chain import (
     GENESIS_HASH,
@@ -180,8 +181,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     ) -> audit_service_pb2.ListAuditEventsResponse:
         """List a team's events, oldest first unless newest_first."""
         team = split_team_name(request.parent)
-        if request.page_size < 0:
-            raise InvalidInput("page_size must not be negative; use 0 for the default of 50")
+        page_limit(request.page_size)
         start = _time(request.start_time) if request.HasField("start_time") else None
         end = _time(request.end_time) if request.HasField("end_time") else None
         if start is not None and end is not None and end <= start:

@@ -13,7 +13,7 @@ from runtime.authorization import Need, RoleResolver, requires
 from runtime.cert_uris import split_user_name
 from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
-from runtime.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from runtime.errors import FailedPrecondition, InvalidInput, NotFound
 from runtime.identity import current_identity
 from runtime.peers import Peers
 from runtime.pinned_codes import CodeKind, PinnedCode
@@ -22,6 +22,7 @@ from services.auth import repository
 from services.auth.audit_service import LocalAuditTrail
 from services.auth.enrollment_codes import DEFAULT_CODE_TTL, MAX_CODE_TTL, issue_enrollment_code
 from services.auth.inventory_calls import InventoryCalls
+from services.auth.standing import require_team_admin
 from sft.auth.v1 import (
     enrollment_code_pb2,
     enrollment_code_service_pb2,
@@ -64,12 +65,12 @@ class EnrollmentCodeServicer(enrollment_code_service_pb2_grpc.EnrollmentCodeServ
         ttl = _ttl(request.ttl_seconds)
         identity = current_identity.get()
         if request.parent != identity.user_resource:
-            standing = await self.roles.standing(identity)
-            if not standing.team_admin:
-                raise PermissionDenied(
-                    "you may create enrollment codes only for yourself; a code for another "
-                    f"user needs the team admin role in team {team!r}"
-                )
+            await require_team_admin(
+                self.roles,
+                identity,
+                "you may create enrollment codes only for yourself; a code for another "
+                f"user needs the team admin role in team {team!r}",
+            )
         target = await self._inventory.user(request.parent)
         if target is None:
             raise NotFound(

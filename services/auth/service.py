@@ -17,12 +17,14 @@ from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import InvalidInput, PermissionDenied, Unauthenticated
 from runtime.identity import ANONYMOUS, CallerKind, Identity, current_identity
+from runtime.page_tokens import page_limit
 from runtime.pinned_codes import CodeKind, PinnedCode
 from services.auth import repository
 from services.auth.audit_service import LocalAuditTrail
 from services.auth.device_keys import parse_device_key
 from services.auth.guesses import ENROLLMENT_CODES, peer_source
 from services.auth.models import DeviceRow
+from services.auth.standing import require_team_admin
 from services.auth.token_service import TokenServicer, TokenVerifier
 from sft.auth.v1 import audit_pb2, device_pb2, device_service_pb2, device_service_pb2_grpc
 
@@ -155,11 +157,12 @@ class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
 
     async def _require_team_admin(self, identity: Identity, doing: str) -> None:
         """Refuse unless `identity` is a team admin; `doing` says what needed it."""
-        if not (await self.roles.standing(identity)).team_admin:
-            raise PermissionDenied(
-                f"{doing} needs the team admin role in team {identity.team!r}, which "
-                f"{identity.name!r} does not have"
-            )
+        await require_team_admin(
+            self.roles,
+            identity,
+            f"{doing} needs the team admin role in team {identity.team!r}, which "
+            f"{identity.name!r} does not have",
+        )
 
     @requires(Need.MEMBER, resource="parent")
     async def ListDevices(
@@ -182,8 +185,7 @@ class DeviceServicer(device_service_pb2_grpc.DeviceServiceServicer):
                 )
             else:
                 _require_user()
-        if request.page_size < 0:
-            raise InvalidInput("page_size must not be negative; use 0 for the default of 50")
+        page_limit(request.page_size)
         state = {
             device_pb2.DEVICE_STATE_ACTIVE: repository.DEVICE_ACTIVE,
             device_pb2.DEVICE_STATE_REVOKED: repository.DEVICE_REVOKED,

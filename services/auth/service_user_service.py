@@ -15,6 +15,7 @@ from runtime.cert_uris import split_team_name
 from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import Conflict, FailedPrecondition, InvalidInput, NotFound
+from runtime.page_tokens import page_limit
 from services.auth import repository
 from services.auth.audit_service import LocalAuditTrail
 from services.auth.inventory_calls import InventoryCalls, InventoryRefusal
@@ -138,8 +139,7 @@ class ServiceUserServicer(service_user_service_pb2_grpc.ServiceUserServiceServic
     ) -> service_user_service_pb2.ListServiceUsersResponse:
         """List a team's service users by id, each with its keys (never their secrets)."""
         team = split_team_name(request.parent)
-        if request.page_size < 0:
-            raise InvalidInput("page_size must not be negative; use 0 for the default of 50")
+        page_limit(request.page_size)
         async with self._database.sessions() as session:
             rows, token = await repository.list_service_users(
                 session, team, page_size=request.page_size, page_token=request.page_token

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from runtime.clock import Clock, utc_now
 from runtime.database import Database
 from runtime.errors import NotFound, Unavailable
-from services.inventory import fleet
+from services.inventory import desired_accounts, servers
 from services.inventory.models import Server
 
 __all__ = ["AccountsHub", "AccountsWatch", "HubStats"]
@@ -131,8 +131,12 @@ class AccountsHub:
         self._poll_interval = poll_interval
         self._cache_size = cache_size
         self._teams: dict[str, _Team] = {}
-        self._cache: OrderedDict[tuple[str, int], fleet.DesiredAccounts | None] = OrderedDict()
-        self._pending: dict[tuple[str, int], asyncio.Task[fleet.DesiredAccounts | None]] = {}
+        self._cache: OrderedDict[tuple[str, int], desired_accounts.DesiredAccounts | None] = (
+            OrderedDict()
+        )
+        self._pending: dict[
+            tuple[str, int], asyncio.Task[desired_accounts.DesiredAccounts | None]
+        ] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
 
@@ -174,7 +178,9 @@ class AccountsHub:
             if state.poller is not None:
                 state.poller.cancel()
 
-    async def desired(self, project_id: str, revision: int) -> fleet.DesiredAccounts | None:
+    async def desired(
+        self, project_id: str, revision: int
+    ) -> desired_accounts.DesiredAccounts | None:
         """Return the project's account list at `revision`, computed once for all streams."""
         key = (project_id, revision)
         if key in self._cache:
@@ -187,13 +193,15 @@ class AccountsHub:
         # shield: one stream going away must not cancel the computation others await.
         return await asyncio.shield(task)
 
-    async def _compute(self, project_id: str, revision: int) -> fleet.DesiredAccounts | None:
+    async def _compute(
+        self, project_id: str, revision: int
+    ) -> desired_accounts.DesiredAccounts | None:
         """Compute, cache and return a project's list at `revision`."""
         key = (project_id, revision)
         try:
             try:
                 async with self._database.sessions() as session:
-                    result = await fleet.desired_accounts(session, project_id, revision)
+                    result = await desired_accounts.desired_accounts(session, project_id, revision)
             except (SQLAlchemyError, OSError) as error:
                 log.warning("computing desired accounts failed", error=str(error)[:200])
                 raise Unavailable(
@@ -233,7 +241,7 @@ class AccountsHub:
     async def _refresh(self, team_id: str, state: _Team) -> None:
         """Read the team's revision; on a newer one, mark deleted servers and publish."""
         async with self._database.sessions() as session:
-            revision = await fleet.team_revision(session, team_id)
+            revision = await servers.team_revision(session, team_id)
             if revision is not None and revision <= state.revision:
                 return
             watched = sorted(state.servers)

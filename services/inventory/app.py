@@ -11,19 +11,16 @@ from runtime.migrations import MigrationHistory
 from runtime.peers import Peers
 from runtime.server import ServiceBinding
 from services.inventory.accounts_watch import AccountsHub
-from services.inventory.directory_service import (
-    BastionServicer,
-    GroupServicer,
-    ProjectServicer,
-    TeamServicer,
-    UserServicer,
-)
-from services.inventory.fleet_service import (
-    AgentServicer,
-    EnrollmentTokenServicer,
-    ServerServicer,
-)
+from services.inventory.agent_service import AgentServicer
+from services.inventory.bastions_service import BastionServicer
+from services.inventory.enrollment_tokens_service import EnrollmentTokenServicer
+from services.inventory.groups_service import GroupServicer
+from services.inventory.projects_service import ProjectServicer
 from services.inventory.roles import LocalRoles
+from services.inventory.servers_service import ServerServicer
+from services.inventory.servicer import DirectoryServicer, FleetServicer
+from services.inventory.teams_service import TeamServicer
+from services.inventory.users_service import UserServicer
 
 __all__ = ["HISTORY", "binding"]
 
@@ -38,16 +35,12 @@ def binding(database: Database, peers: Peers, clock: Clock = utc_now) -> Service
     trail = RemoteAuditTrail(peers)
     hub = AccountsHub(database, clock)
 
-    def directory(
-        servicer: type[
-            TeamServicer | UserServicer | GroupServicer | ProjectServicer | BastionServicer
-        ],
-    ) -> object:
+    def directory(servicer: type[DirectoryServicer]) -> object:
         return servicer(
             database, peers, roles=roles, trail=trail, clock=clock, on_accounts_changed=hub.notify
         )
 
-    def fleet(servicer: type[ServerServicer | EnrollmentTokenServicer | AgentServicer]) -> object:
+    def fleet(servicer: type[FleetServicer]) -> object:
         return servicer(database, peers, roles=roles, trail=trail, hub=hub, clock=clock)
 
     bound = ServiceBinding.from_package(

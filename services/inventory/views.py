@@ -11,8 +11,11 @@ import datetime as dt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtime.clock import timestamp
+from services.inventory.desired_accounts import DesiredAccount
+from services.inventory.fleet_rules import token_resource
 from services.inventory.models import (
     Bastion,
+    EnrollmentTokenRow,
     Grant,
     GrantRole,
     Group,
@@ -22,15 +25,28 @@ from services.inventory.models import (
     UserKind,
     UserStatus,
 )
-from sft.inventory.v1 import bastion_pb2, group_pb2, project_pb2, team_pb2, user_pb2
+from services.inventory.servers import ServerView
+from sft.inventory.v1 import (
+    account_pb2,
+    bastion_pb2,
+    enrollment_token_pb2,
+    group_pb2,
+    project_pb2,
+    server_pb2,
+    team_pb2,
+    user_pb2,
+)
 
 __all__ = [
     "GRANT_ROLE_FROM_PROTO",
     "GRANT_ROLE_TO_PROTO",
+    "OS_FROM_PROTO",
+    "OS_TO_PROTO",
     "USER_KIND_FROM_PROTO",
     "USER_KIND_TO_PROTO",
     "USER_STATUS_FROM_PROTO",
     "USER_STATUS_TO_PROTO",
+    "account_message",
     "bastion_message",
     "bastion_resource",
     "grant_message",
@@ -41,8 +57,10 @@ __all__ = [
     "member_resource",
     "project_message",
     "project_resource",
+    "server_message",
     "team_message",
     "team_resource",
+    "token_message",
     "user_message",
     "user_resource",
 ]
@@ -62,6 +80,11 @@ GRANT_ROLE_TO_PROTO = {
     GrantRole.ADMIN: project_pb2.GRANT_ROLE_ADMIN,
 }
 GRANT_ROLE_FROM_PROTO = {value: key for key, value in GRANT_ROLE_TO_PROTO.items()}
+OS_FROM_PROTO = {
+    server_pb2.OPERATING_SYSTEM_LINUX: "linux",
+    server_pb2.OPERATING_SYSTEM_WINDOWS: "windows",
+}
+OS_TO_PROTO = {value: key for key, value in OS_FROM_PROTO.items()}
 
 
 def team_resource(team: str) -> str:
@@ -206,3 +229,67 @@ def bastion_message(team_name: str, bastion: Bastion, server: str = "") -> basti
     else:
         message.address = bastion.address
     return message
+
+
+def server_message(view: ServerView) -> server_pb2.Server:
+    """Return a server as the Server message (including the agent's public key)."""
+    row = view.row
+    message = server_pb2.Server(
+        name=view.name,
+        id=row.id,
+        project=view.project_name,
+        hostname=row.hostname,
+        canonical_name=row.canonical_name,
+        alt_names=list(row.alt_names),
+        labels=dict(row.labels),
+        os=OS_TO_PROTO.get(row.os, server_pb2.OPERATING_SYSTEM_UNSPECIFIED),
+        addresses=list(row.addresses),
+        access_address=row.access_address,
+        ssh_port=row.ssh_port,
+        broker_port=row.broker_port,
+        bastion=row.bastion,
+        host_key_fingerprints=list(row.host_key_fingerprints),
+        agent_public_key=row.agent_public_key,
+        agent_version=row.agent_version,
+        create_time=timestamp(row.created_at),
+        update_time=timestamp(row.updated_at or row.created_at),
+    )
+    if row.last_seen_at is not None:
+        message.last_seen_time.CopyFrom(timestamp(row.last_seen_at))
+    return message
+
+
+def token_message(
+    team: str, project: str, row: EnrollmentTokenRow
+) -> enrollment_token_pb2.EnrollmentToken:
+    """Return a token row as an EnrollmentToken message (never its secret)."""
+    message = enrollment_token_pb2.EnrollmentToken(
+        name=token_resource(team, project, row.id),
+        description=row.description,
+        expire_time=timestamp(row.expire_time),
+        max_uses=row.max_uses,
+        uses=row.uses,
+        revoked=row.revoked_at is not None,
+        creator=row.creator,
+        create_time=timestamp(row.created_at),
+    )
+    if row.revoked_at is not None:
+        message.revoke_time.CopyFrom(timestamp(row.revoked_at))
+    if row.last_used_at is not None:
+        message.last_use_time.CopyFrom(timestamp(row.last_used_at))
+    return message
+
+
+def account_message(team: str, account: DesiredAccount) -> account_pb2.ServerAccount:
+    """Return a desired account as a ServerAccount message."""
+    return account_pb2.ServerAccount(
+        name=account.name,
+        user=f"teams/{team}/users/{account.user}",
+        uid=account.uid,
+        gid=account.gid,
+        primary_group=account.primary_group,
+        supplementary_groups=list(account.supplementary_groups),
+        admin=account.admin,
+        windows_name=account.windows_name,
+        full_name=account.full_name,
+    )

@@ -11,21 +11,17 @@ and is refused credentials. Every step is in the audit trail, and the chain veri
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.auth.assertions import ASSERTION_AUDIENCE
 from services.ca.ssh_signer import ssh_fingerprint
 from sft.auth.v1 import (
     access_pb2,
@@ -60,7 +56,7 @@ from sft.inventory.v1 import (
     user_service_pb2,
     user_service_pb2_grpc,
 )
-from tests.support.platform import Platform, public_key_line, running_platform
+from tests.support.platform import Platform, key_assertion, public_key_line, running_platform
 from tests.support.sshd import run_ssh, run_sshd, write_private_key
 
 pytestmark = pytest.mark.e2e
@@ -100,21 +96,7 @@ class Agent:
         return str(self.reply.credential.subject)
 
     def assertion(self) -> str:
-        now = int(dt.datetime.now(dt.UTC).timestamp())
-        claims = {
-            "iss": self.server,
-            "sub": self.server,
-            "aud": ASSERTION_AUDIENCE,
-            "iat": now,
-            "exp": now + 60,
-            "jti": secrets.token_urlsafe(16),
-        }
-        return jwt.encode(
-            claims,
-            self.key,
-            algorithm="EdDSA",
-            headers={"kid": ssh_fingerprint(self.key), "typ": "JWT"},
-        )
+        return key_assertion(self.key, self.server, ssh_fingerprint(self.key))
 
 
 async def _invite(platform: Platform, admin_token: str, name: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from runtime.database import Database
 from runtime.migrations import upgrade
 from runtime.peers import Peers
-from runtime.server import Endpoint, PlatformServer
+from runtime.server import Endpoint, PlatformServer, ServiceBinding
 from runtime.service_identity import service_channel
 from runtime.tls import TLSFiles, ca_sha256, ensure_dev_pki, service_tls_files
 from services.auth.assertions import ASSERTION_AUDIENCE
@@ -32,6 +32,7 @@ from services.inventory import repository as inventory
 from services.platform.registry import authenticator_for, histories_for, service_bindings
 from services.platform.settings import SERVICE_NAMES
 from sft.auth.v1 import (
+    audit_pb2,
     device_service_pb2,
     device_service_pb2_grpc,
     token_service_pb2,
@@ -39,9 +40,39 @@ from sft.auth.v1 import (
 )
 from tests.support.ca_server import Clock
 
-__all__ = ["Clock", "Device", "Platform", "running_platform"]
+__all__ = [
+    "Clock",
+    "Device",
+    "InventoryBinding",
+    "Platform",
+    "RecordingTrail",
+    "key_assertion",
+    "running_platform",
+]
 
 Stub = TypeVar("Stub")
+#: Builds an inventory binding (servicers under test) from the database, the inventory's
+#: peers and the platform clock, in place of the registered one.
+InventoryBinding = Callable[[Database, Peers, Clock], ServiceBinding]
+
+
+@dataclass
+class RecordingTrail:
+    """An AuditTrail that keeps (team, event) in memory, for servicers tested without auth's."""
+
+    events: list[tuple[str, audit_pb2.AuditEvent]] = field(default_factory=list)
+
+    async def record(self, team: str, event: audit_pb2.AuditEvent) -> None:
+        """Keep `event` for `team`."""
+        self.events.append((team, event))
+
+    def actions(self) -> list[str]:
+        """Return the recorded actions in order."""
+        return [event.action for _, event in self.events]
+
+    def events_of(self, action: str) -> list[audit_pb2.AuditEvent]:
+        """Return the recorded events of `action`, oldest first."""
+        return [event for _, event in self.events if event.action == action]
 
 
 @dataclass
@@ -56,19 +87,25 @@ class Device:
 
     def assertion(self, **overrides: Any) -> str:
         """Return a fresh signed key assertion (claims overridable, for refusal tests)."""
-        now = int(dt.datetime.now(dt.UTC).timestamp())
-        claims: dict[str, Any] = {
-            "iss": self.name,
-            "sub": self.name,
-            "aud": ASSERTION_AUDIENCE,
-            "iat": now,
-            "exp": now + 60,
-            "jti": secrets.token_urlsafe(16),
-        }
-        claims.update(overrides)
-        return jwt.encode(
-            claims, self.key, algorithm="EdDSA", headers={"kid": self.fingerprint, "typ": "JWT"}
-        )
+        return key_assertion(self.key, self.name, self.fingerprint, **overrides)
+
+
+def key_assertion(key: ed25519.Ed25519PrivateKey, subject: str, kid: str, **overrides: Any) -> str:
+    """Return a fresh key assertion by `subject` (a device or server), signed with `key`.
+
+    `kid` names the key (its SHA256 fingerprint); claims are overridable, for refusal tests.
+    """
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    claims: dict[str, Any] = {
+        "iss": subject,
+        "sub": subject,
+        "aud": ASSERTION_AUDIENCE,
+        "iat": now,
+        "exp": now + 60,
+        "jti": secrets.token_urlsafe(16),
+    }
+    claims.update(overrides)
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid, "typ": "JWT"})
 
 
 def public_key_line(key: ed25519.Ed25519PrivateKey) -> str:
@@ -130,11 +167,14 @@ class Platform:
         self._channels.append(channel)
         return stub_class(channel)  # type: ignore[call-arg]
 
-    async def create_team(self, team: str, admin: str) -> None:
-        """Create `team` with `admin` as team admin, the way `sft-platform init` does."""
+    async def create_team(self, team: str, admin: str, members: Iterable[str] = ()) -> None:
+        """Create `team` with `admin` as team admin, the way `sft-platform init` does, and
+        `members` as people without the team admin role."""
         async with self.database.sessions.begin() as session:
             row = await inventory.create_team(session, team)
             await inventory.create_user(session, row, admin, team_admin=True)
+            for member in members:
+                await inventory.create_user(session, row, member, team_admin=False)
 
     async def enrollment_code(self, team: str, user: str) -> str:
         """Return a fresh one-time enrollment code for an existing user."""
@@ -187,8 +227,12 @@ async def running_platform(
     *,
     clock: Clock | None = None,
     services: tuple[str, ...] = SERVICE_NAMES,
+    inventory: InventoryBinding | None = None,
 ) -> AsyncIterator[Platform]:
-    """Migrate `database_url`, serve `services` on free loopback ports, stop afterwards."""
+    """Migrate `database_url`, serve `services` on free loopback ports, stop afterwards.
+
+    With `inventory`, the inventory served is the binding it builds (servicers under test).
+    """
     tls_dir = directory / "tls"
     tls = ensure_dev_pki(tls_dir, ["127.0.0.1", "localhost"], services=SERVICE_NAMES)
     kek_file = directory / "ca-kek.key"
@@ -204,14 +248,17 @@ async def running_platform(
         return f"127.0.0.1:{server.internal_port}" if server and server.internal_port else None
 
     peers = Peers("platform", tls_dir, local_address=local_address)
+    bindings = service_bindings(
+        tuple(name for name in services if inventory is None or name != "inventory"),
+        database,
+        ca_key_encryption=kek if "ca" in services else None,
+        peers=peers,
+        clock=the_clock,
+    )
+    if inventory is not None:
+        bindings.append(inventory(database, peers.for_service("inventory"), the_clock))
     server = PlatformServer(
-        service_bindings(
-            services,
-            database,
-            ca_key_encryption=kek if "ca" in services else None,
-            peers=peers,
-            clock=the_clock,
-        ),
+        bindings,
         Endpoint("127.0.0.1", 0),
         tls,
         authenticate=authenticator_for(services, database, the_clock),

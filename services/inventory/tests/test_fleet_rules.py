@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runtime.errors import InvalidInput
-from services.inventory import fleet
+from services.inventory import fleet_rules, server_keys
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -30,7 +30,7 @@ def openssh(key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> str:
 
 
 def test_facts_are_normalized_and_defaulted() -> None:
-    facts = fleet.ServerFacts(
+    facts = fleet_rules.ServerFacts(
         hostname="Web-1.Example.COM.",
         os="linux",
         alt_names=("WWW.example.com", "www.example.com"),
@@ -66,7 +66,7 @@ def test_bad_facts_say_what_is_wrong(change: dict[str, object], says: str) -> No
     fields: dict[str, object] = {"hostname": "web-1", "os": "linux"}
     fields.update(change)
     with pytest.raises(InvalidInput, match=says):
-        fleet.ServerFacts(**fields).checked()  # type: ignore[arg-type]
+        fleet_rules.ServerFacts(**fields).checked()  # type: ignore[arg-type]
 
 
 @given(
@@ -79,7 +79,7 @@ def test_bad_facts_say_what_is_wrong(change: dict[str, object], says: str) -> No
 def test_any_facts_are_normalized_or_refused(
     hostname: str, names: list[str], labels: dict[str, str], addresses: list[str], access: str
 ) -> None:
-    facts = fleet.ServerFacts(
+    facts = fleet_rules.ServerFacts(
         hostname=hostname,
         os="windows",
         alt_names=tuple(names),
@@ -92,13 +92,13 @@ def test_any_facts_are_normalized_or_refused(
     except InvalidInput:
         return
     for name in (checked.hostname, checked.canonical_name, *checked.alt_names):
-        assert fleet._DNS_NAME.fullmatch(name)
+        assert fleet_rules._DNS_NAME.fullmatch(name)
 
 
 @given(st.text(max_size=200))
 def test_any_selector_parses_or_is_refused(text: str) -> None:
     try:
-        pairs = fleet.parse_selector(text)
+        pairs = fleet_rules.parse_selector(text)
     except InvalidInput:
         return
     for key, value in pairs.items():
@@ -106,29 +106,29 @@ def test_any_selector_parses_or_is_refused(text: str) -> None:
 
 
 def test_selector_pairs() -> None:
-    assert fleet.parse_selector("") == {}
-    assert fleet.parse_selector(" env = prod , role=web") == {"env": "prod", "role": "web"}
+    assert fleet_rules.parse_selector("") == {}
+    assert fleet_rules.parse_selector(" env = prod , role=web") == {"env": "prod", "role": "web"}
     with pytest.raises(InvalidInput, match="key=value"):
-        fleet.parse_selector("env=prod,")
+        fleet_rules.parse_selector("env=prod,")
     with pytest.raises(InvalidInput, match="twice"):
-        fleet.parse_selector("env=prod,env=dev")
+        fleet_rules.parse_selector("env=prod,env=dev")
 
 
 def test_keys_are_canonical_with_ssh_keygen_fingerprints() -> None:
-    agent = fleet.parse_agent_key(openssh(ed25519.Ed25519PrivateKey.generate()))
+    agent = server_keys.parse_agent_key(openssh(ed25519.Ed25519PrivateKey.generate()))
     assert agent.line.startswith("ssh-ed25519 ") and " root@" not in agent.line
     assert agent.fingerprint.startswith("SHA256:") and not agent.fingerprint.endswith("=")
-    host = fleet.parse_host_key(openssh(ec.generate_private_key(ec.SECP384R1())), 0)
+    host = server_keys.parse_host_key(openssh(ec.generate_private_key(ec.SECP384R1())), 0)
     assert host.line.startswith("ecdsa-sha2-nistp384 ")
     with pytest.raises(InvalidInput, match="Ed25519"):
-        fleet.parse_agent_key(host.line)
+        server_keys.parse_agent_key(host.line)
     with pytest.raises(InvalidInput, match=r"host_public_keys\[2\]"):
-        fleet.parse_host_key("ssh-dss AAAA", 2)
+        server_keys.parse_host_key("ssh-dss AAAA", 2)
 
 
 @given(st.text(max_size=300))
 def test_any_key_text_parses_or_is_refused(text: str) -> None:
-    for parse in (fleet.parse_agent_key, lambda t: fleet.parse_host_key(t, 0)):
+    for parse in (server_keys.parse_agent_key, lambda t: server_keys.parse_host_key(t, 0)):
         try:
             parse(text)
         except InvalidInput:
@@ -136,19 +136,19 @@ def test_any_key_text_parses_or_is_refused(text: str) -> None:
 
 
 def test_token_settings_defaults_and_limits() -> None:
-    settings = fleet.TokenSettings().checked(NOW)
+    settings = fleet_rules.TokenSettings().checked(NOW)
     assert settings.expire_time == NOW + dt.timedelta(hours=24)
     with pytest.raises(InvalidInput, match="past"):
-        fleet.TokenSettings(expire_time=NOW).checked(NOW)
+        fleet_rules.TokenSettings(expire_time=NOW).checked(NOW)
     with pytest.raises(InvalidInput, match="30 days"):
-        fleet.TokenSettings(expire_time=NOW + dt.timedelta(days=31)).checked(NOW)
+        fleet_rules.TokenSettings(expire_time=NOW + dt.timedelta(days=31)).checked(NOW)
     with pytest.raises(InvalidInput, match="description"):
-        fleet.TokenSettings(description="x" * 501).checked(NOW)
+        fleet_rules.TokenSettings(description="x" * 501).checked(NOW)
 
 
 def test_token_names() -> None:
-    name = fleet.token_resource("acme", "web", "0f3c")
+    name = fleet_rules.token_resource("acme", "web", "0f3c")
     assert name == "teams/acme/projects/web/enrollmentTokens/0f3c"
-    assert fleet.split_token_name(name) == ("acme", "web", "0f3c")
+    assert fleet_rules.split_token_name(name) == ("acme", "web", "0f3c")
     with pytest.raises(InvalidInput, match="enrollmentTokens"):
-        fleet.split_token_name("teams/acme/projects/web/tokens/0f3c")
+        fleet_rules.split_token_name("teams/acme/projects/web/tokens/0f3c")

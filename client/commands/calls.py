@@ -22,7 +22,9 @@ __all__ = [
     "enum_name",
     "every_page",
     "explain_status",
+    "list_every",
     "message_time",
+    "project_resource",
     "run_in_session",
     "team_resource",
 ]
@@ -48,6 +50,11 @@ def run_in_session(team: str | None, work: Callable[[Session], Awaitable[T]]) ->
 def team_resource(session: Session) -> str:
     """Return the session's team as a resource name, `teams/{team}`."""
     return f"teams/{session.team}"
+
+
+def project_resource(session: Session, project: str) -> str:
+    """Return project `project` of the session's team as a resource name."""
+    return f"{team_resource(session)}/projects/{project}"
 
 
 class PagedRequest(Protocol):
@@ -101,3 +108,17 @@ def enum_name(enum: Any, value: int, prefix: str) -> str:
     """Return an enum value the way JSON and tables spell it (`USER_STATUS_ACTIVE` → `active`)."""
     name = str(enum.Name(value)).removeprefix(prefix).lower()
     return "" if name == "unspecified" else name
+
+
+#: What a List verb calls: the stub's List method and its first request.
+Listing = Callable[["Session"], tuple[Callable[[Any], Awaitable[Any]], PagedRequest]]
+
+
+def list_every(team: str | None, field: str, listing: Listing) -> list[Any]:
+    """Return every `field` item of the List call `listing` names, in the session of `team`."""
+
+    async def work(session: Session) -> list[Any]:
+        method, request = listing(session)
+        return await every_page(method, request, field)
+
+    return run_in_session(team, work)
