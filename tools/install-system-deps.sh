@@ -10,6 +10,8 @@ wanted=(
   "runuser util-linux"
   "/usr/sbin/sshd openssh-server"
   "ssh openssh-client"
+  "/usr/sbin/useradd passwd"
+  "/usr/sbin/visudo sudo"
 )
 
 missing=()

@@ -1,0 +1,1 @@
+"""Unit tests of account reconciliation: recording backend, no root, no OS changes."""

@@ -1,0 +1,506 @@
+"""The running agent: enroll if needed, then heartbeat and follow WatchAccounts for good.
+
+Owns its tasks (heartbeats, the account stream, applying accounts) and cancels them
+on stop. Hands each desired account list to an AccountSink and the project's trust
+material to a HostTrustSink; it changes nothing on the machine itself. When the
+platform is unreachable nothing is applied, so nothing is removed: the machine stays
+as it was until the platform answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import grpc
+import grpc.aio
+import structlog
+
+from agent.accounts.model import DesiredAccount, DesiredState
+from agent.config import AgentConfig, ConfigError
+from agent.enrollment import (
+    Enrollment,
+    EnrollmentTimings,
+    facts_message,
+    gather_facts,
+    host_certificates,
+    read_host_keys,
+    trust_anchors,
+)
+from agent.platform import CALL_TIMEOUT_SECONDS, AgentSession, is_transient, parse_platform_url
+from agent.state import AgentState, HostCertificate, ServerIdentity, StatusReport, TrustAnchors
+from runtime.backoff import Backoff
+from runtime.clock import timestamp
+from sft.inventory.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc
+
+__all__ = [
+    "AccountSink",
+    "Daemon",
+    "DaemonTimings",
+    "HostTrustSink",
+    "LoggingAccountSink",
+    "NoHostTrust",
+    "desired_state",
+]
+
+log = structlog.get_logger("sftd")
+
+#: Tell the operator when the clocks differ by more than this: certificates are time-bound.
+CLOCK_SKEW_WARNING = dt.timedelta(seconds=60)
+MAX_PROBLEMS = 16
+MAX_PROBLEM_CHARS = 1024
+
+Clock = Callable[[], dt.datetime]
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class AccountSink(Protocol):
+    """Where desired account lists go (the reconciler). Raising means "not applied"."""
+
+    async def apply(self, state: DesiredState) -> object:
+        """Make the machine's accounts match `state` (a complete list)."""
+
+
+class HostTrustSink(Protocol):
+    """Where the project's trust material goes (the sshd integration).
+
+    Called once at start with what the state dir holds, and again whenever the platform
+    sends something different; each call carries the complete material. Raising marks
+    the agent degraded; the call is repeated with the next change or restart.
+    """
+
+    async def install(
+        self, anchors: TrustAnchors, certificates: tuple[HostCertificate, ...]
+    ) -> object:
+        """Install the user CA keys, the X.509 CA bundle and the host certificates."""
+
+
+class LoggingAccountSink:
+    """An AccountSink that changes nothing and logs what it was given, saying `why`."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    async def apply(self, state: DesiredState) -> None:
+        """Log the desired list."""
+        log.info(
+            "desired accounts not applied",
+            why=self.why,
+            revision=state.revision,
+            accounts=[account.name for account in state.accounts][:100],
+        )
+
+
+class NoHostTrust:
+    """A HostTrustSink that installs nothing: the files stay in the state dir only."""
+
+    async def install(
+        self, anchors: TrustAnchors, certificates: tuple[HostCertificate, ...]
+    ) -> None:
+        """Do nothing."""
+
+
+def desired_state(message: agent_service_pb2.WatchAccountsResponse) -> DesiredState:
+    """Return a WatchAccounts message as the reconciler's plain values."""
+    return DesiredState(
+        revision=message.revision,
+        accounts=tuple(
+            DesiredAccount(
+                name=account.name,
+                user=account.user,
+                uid=account.uid,
+                gid=account.gid,
+                primary_group=account.primary_group,
+                supplementary_groups=tuple(sorted(account.supplementary_groups)),
+                admin=account.admin,
+                windows_name=account.windows_name,
+                full_name=account.full_name,
+            )
+            for account in message.accounts
+        ),
+        create_missing=message.create_missing,
+    )
+
+
+@dataclass(frozen=True)
+class DaemonTimings:
+    """How long the daemon waits between tries (tests shorten these)."""
+
+    retry_initial_seconds: float = 1.0
+    retry_maximum_seconds: float = 300.0
+    #: Used when the platform names no interval.
+    heartbeat_seconds: float = 60.0
+    enrollment: EnrollmentTimings = field(default_factory=EnrollmentTimings)
+
+
+class _LatestDesired:
+    """A one-slot queue: only the newest desired list matters, so only it is kept."""
+
+    def __init__(self) -> None:
+        self.state: DesiredState | None = None
+        self._changed = asyncio.Condition()
+
+    async def offer(self, state: DesiredState) -> None:
+        """Keep `state` if it is newer than the one held."""
+        async with self._changed:
+            if self.state is None or state.revision > self.state.revision:
+                self.state = state
+                self._changed.notify_all()
+
+    async def newer_than(self, revision: int) -> DesiredState:
+        """Return the held list once its revision is above `revision`."""
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self.state is not None and self.state.revision > revision
+            )
+            assert self.state is not None
+            return self.state
+
+
+class _ConflictKindLike(Protocol):
+    value: str
+
+
+class AccountConflictLike(Protocol):
+    """What the reconciler says about a refused account (agent.accounts.reconcile)."""
+
+    name: str
+    kind: _ConflictKindLike
+    detail: str
+
+
+_CONFLICT_KINDS = {
+    "name_in_use": agent_pb2.ACCOUNT_CONFLICT_KIND_NAME_IN_USE,
+    "uid_in_use": agent_pb2.ACCOUNT_CONFLICT_KIND_UID_IN_USE,
+    "gid_in_use": agent_pb2.ACCOUNT_CONFLICT_KIND_GID_IN_USE,
+    "name_invalid": agent_pb2.ACCOUNT_CONFLICT_KIND_NAME_INVALID,
+}
+
+
+class Daemon:
+    """sftd's main loop. `run` returns only by cancellation or an unusable state dir."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        accounts: AccountSink,
+        host_trust: HostTrustSink | None = None,
+        clock: Clock = _utc_now,
+        timings: DaemonTimings | None = None,
+    ) -> None:
+        self.config = config
+        self.state = AgentState(config.state_dir)
+        self._accounts = accounts
+        self._host_trust: HostTrustSink = host_trust or NoHostTrust()
+        self._clock = clock
+        self._timings = timings or DaemonTimings()
+        self._desired = _LatestDesired()
+        self._problems: dict[str, str] = {}
+        self._report = StatusReport(pid=os.getpid(), updated_at=clock(), platform_reachable=False)
+        self.identity: ServerIdentity | None = None
+        self._session: AgentSession | None = None
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self._timings.retry_initial_seconds, self._timings.retry_maximum_seconds)
+
+    async def run(self) -> None:
+        """Enroll if needed, then keep heartbeating and applying desired accounts."""
+        self.state.ensure_directory()
+        identity = self.state.read_identity()
+        if identity is None:
+            if not self.config.auto_enroll:
+                raise ConfigError(
+                    "this server is not enrolled and AutoEnroll is false; set AutoEnroll: true "
+                    "(the default) so sftd enrolls with the token in EnrollmentTokenFile"
+                )
+            enrollment = Enrollment(
+                self.config, self.state, clock=self._clock, timings=self._timings.enrollment
+            )
+            identity = await enrollment.run()
+        else:
+            self._note_existing_enrollment(identity)
+        self.identity = identity
+        key = self.state.read_key()
+        assert key is not None  # read_identity checked it
+        ca_pem = self.state.read_ca_pem(identity)
+        applied = self.state.read_applied_revision()
+        self._update_report(applied_revision=applied)
+        await self._install_host_trust()
+        url = parse_platform_url(identity.platform_url)
+        log.info("running", server=identity.server, platform=str(url), applied_revision=applied)
+        async with AgentSession(url, ca_pem, identity.server, key, clock=self._clock) as session:
+            self._session = session
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._heartbeats(session), name="heartbeats")
+                tasks.create_task(self._watch_accounts(session), name="watch-accounts")
+                tasks.create_task(self._apply_accounts(applied), name="apply-accounts")
+
+    async def report_conflict(self, conflict: AccountConflictLike) -> None:
+        """Tell the platform a desired account was refused (name or id taken, bad name).
+
+        Best effort: a conflict is also logged and shown by `sftd status`; the
+        reconciler reports it again only when its reason changes.
+        """
+        self._problem(f"account:{conflict.name}", conflict.detail)
+        session = self._session
+        if session is None:
+            return
+        kind = _CONFLICT_KINDS.get(conflict.kind.value, agent_pb2.ACCOUNT_CONFLICT_KIND_UNSPECIFIED)
+        stub = agent_service_pb2_grpc.AgentServiceStub(session.channel)
+        try:
+            await stub.ReportAccountConflict(
+                agent_service_pb2.ReportAccountConflictRequest(
+                    account_name=conflict.name, kind=kind, detail=conflict.detail[:500]
+                ),
+                metadata=await session.metadata(),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "could not report an account conflict",
+                account=conflict.name,
+                reason=error.details(),
+            )
+
+    def _note_existing_enrollment(self, identity: ServerIdentity) -> None:
+        configured = self.config.platform_url
+        if configured is not None and str(configured) != identity.platform_url:
+            log.warning(
+                "InitialURL differs from the platform this server enrolled with; using the latter",
+                initial_url=str(configured),
+                enrolled_with=identity.platform_url,
+            )
+        if self.config.enrollment_token_file.exists():
+            log.info(
+                "already enrolled; ignoring the enrollment token file",
+                server=identity.server,
+                token_file=str(self.config.enrollment_token_file),
+            )
+
+    # --- status -----------------------------------------------------------------------
+
+    def _problem(self, source: str, text: str | None) -> None:
+        """Record (or with None, clear) the current problem of one part of the agent."""
+        before = self._problems.get(source)
+        if text is None:
+            self._problems.pop(source, None)
+        else:
+            self._problems[source] = text[:MAX_PROBLEM_CHARS]
+        if self._problems.get(source) != before:
+            self._update_report()
+
+    def _update_report(self, **changes: object) -> None:
+        self._report = replace(
+            self._report,
+            **changes,  # type: ignore[arg-type]
+            updated_at=self._clock(),
+            problems=tuple(self._problems.values())[:MAX_PROBLEMS],
+        )
+        try:
+            self.state.write_status(self._report)
+        except OSError as exc:
+            log.warning("cannot write the status file", reason=str(exc))
+
+    def _agent_status(self) -> agent_pb2.AgentStatus:
+        # "The platform is unreachable" is news to the operator, not to the platform.
+        problems = [text for source, text in self._problems.items() if source != "platform"]
+        problems = problems[:MAX_PROBLEMS]
+        status = agent_pb2.AgentStatus(
+            health=agent_pb2.AGENT_HEALTH_DEGRADED if problems else agent_pb2.AGENT_HEALTH_OK,
+            problems=problems,
+            applied_accounts_revision=self._report.applied_revision,
+            managed_accounts=self._report.managed_accounts,
+            broker_running=False,
+            active_grants=0,
+        )
+        certificates = self.state.read_host_certificates()
+        if certificates:
+            status.certificates_expire_time.CopyFrom(
+                timestamp(min(c.valid_before for c in certificates))
+            )
+        return status
+
+    # --- trust material -----------------------------------------------------------------
+
+    async def _install_host_trust(self) -> None:
+        anchors = self.state.read_trust_anchors()
+        if anchors is None:
+            return
+        try:
+            await self._host_trust.install(anchors, self.state.read_host_certificates())
+        except Exception as exc:
+            log.exception("installing the trust material failed")
+            self._problem("host-trust", f"installing the project's CA keys failed: {exc}")
+        else:
+            self._problem("host-trust", None)
+
+    async def _renew_host_certificates(self, session: AgentSession) -> None:
+        keys = await asyncio.to_thread(read_host_keys, self.config)
+        if not keys:
+            return
+        stub = agent_service_pb2_grpc.AgentServiceStub(session.channel)
+        try:
+            reply = await stub.RenewHostCertificates(
+                agent_service_pb2.RenewHostCertificatesRequest(
+                    host_public_keys=[key.public_line for key in keys]
+                ),
+                metadata=await session.metadata(),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            if is_transient(error):
+                return  # the next heartbeat asks again
+            log.error("host certificate renewal refused", reason=error.details())
+            self._problem("host-certificates", f"renewal refused: {error.details()}")
+            return
+        self._problem("host-certificates", None)
+        self.state.write_host_certificates(host_certificates(keys, list(reply.host_certificates)))
+        self.state.write_trust_anchors(trust_anchors(reply.trust_anchors))
+        log.info("host certificates renewed", certificates=len(reply.host_certificates))
+        await self._install_host_trust()
+
+    # --- heartbeats ---------------------------------------------------------------------
+
+    async def _heartbeats(self, session: AgentSession) -> None:
+        backoff = self._backoff()
+        stub = agent_service_pb2_grpc.AgentServiceStub(session.channel)
+        while True:
+            facts = await asyncio.to_thread(gather_facts, self.config)
+            try:
+                reply = await stub.Heartbeat(
+                    agent_service_pb2.HeartbeatRequest(
+                        facts=facts_message(facts), status=self._agent_status()
+                    ),
+                    metadata=await session.metadata(),
+                    timeout=CALL_TIMEOUT_SECONDS,
+                )
+            except grpc.aio.AioRpcError as error:
+                await asyncio.sleep(self._failed("heartbeat", error, session, backoff))
+                continue
+            backoff.reset()
+            now = self._clock()
+            self._problem("platform", None)
+            self._update_report(platform_reachable=True, last_heartbeat_time=now)
+            skew = reply.server_time.ToDatetime(tzinfo=dt.UTC) - now
+            if abs(skew) > CLOCK_SKEW_WARNING:
+                log.warning(
+                    "this clock differs from the platform's", skew_seconds=skew.total_seconds()
+                )
+            anchors = trust_anchors(reply.trust_anchors)
+            if not anchors.trusted_user_ca_keys.strip():
+                # Every project has a user CA; an empty list would lock everyone out of sshd.
+                log.warning("the platform sent no user CA keys; keeping the ones installed")
+            elif anchors != self.state.read_trust_anchors():
+                self.state.write_trust_anchors(anchors)
+                log.info("trust anchors changed")
+                await self._install_host_trust()
+            if reply.renew_host_certificates:
+                await self._renew_host_certificates(session)
+            interval = reply.next_heartbeat_seconds or self._timings.heartbeat_seconds
+            # Up to 10% later, so a fleet restarted together drifts apart.
+            await asyncio.sleep(interval * (1 + 0.1 * random.random()))  # noqa: S311
+
+    def _failed(
+        self, what: str, error: grpc.aio.AioRpcError, session: AgentSession, backoff: Backoff
+    ) -> float:
+        """Log a failed call to the platform; return how long to wait before the next."""
+        delay = backoff.next_delay()
+        code = error.code()
+        details = error.details() or code.name
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            session.forget_token()
+        if is_transient(error):
+            self._problem("platform", f"the platform is unreachable: {details}")
+            self._update_report(platform_reachable=False)
+            log.warning(
+                f"{what} failed; platform unreachable",
+                reason=details,
+                retry_in_seconds=round(delay, 1),
+            )
+        else:
+            self._problem("platform", f"{what} refused ({code.name}): {details}")
+            log.error(
+                f"{what} refused",
+                status=code.name,
+                reason=details,
+                retry_in_seconds=round(delay, 1),
+            )
+        return delay
+
+    # --- accounts -----------------------------------------------------------------------
+
+    async def _watch_accounts(self, session: AgentSession) -> None:
+        backoff = self._backoff()
+        stub = agent_service_pb2_grpc.AgentServiceStub(session.channel)
+        while True:
+            call = None
+            try:
+                call = stub.WatchAccounts(
+                    agent_service_pb2.WatchAccountsRequest(), metadata=await session.metadata()
+                )
+                async for message in call:
+                    backoff.reset()
+                    state = desired_state(message)
+                    log.info(
+                        "desired accounts received",
+                        revision=state.revision,
+                        accounts=len(state.accounts),
+                    )
+                    if state.revision <= self._report.applied_revision:
+                        self._update_report(last_sync_time=self._clock())
+                    await self._desired.offer(state)
+                delay = backoff.next_delay()
+                log.info("account stream ended; reconnecting", retry_in_seconds=round(delay, 1))
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    # The server (or its project) was deleted: accounts are no longer
+                    # this agent's to manage. Leave the machine as it is.
+                    message = f"the platform no longer knows this server: {error.details()}"
+                    log.error("account management stopped", reason=message)
+                    self._problem("accounts", message)
+                    return
+                delay = self._failed("account stream", error, session, backoff)
+            finally:
+                if call is not None:
+                    call.cancel()
+            await asyncio.sleep(delay)
+
+    async def _apply_accounts(self, applied: int) -> None:
+        backoff = self._backoff()
+        while True:
+            state = await self._desired.newer_than(applied)
+            try:
+                await self._accounts.apply(state)
+            except Exception as exc:
+                delay = backoff.next_delay()
+                log.exception(
+                    "applying desired accounts failed",
+                    revision=state.revision,
+                    retry_in_seconds=round(delay, 1),
+                )
+                self._problem("accounts", f"applying revision {state.revision} failed: {exc}")
+                # Retry the same list after a while, or a newer one as soon as it comes.
+                try:
+                    await asyncio.wait_for(self._desired.newer_than(state.revision), delay)
+                except TimeoutError:
+                    pass
+                continue
+            backoff.reset()
+            applied = state.revision
+            self.state.write_applied_revision(applied)
+            self._problem("accounts", None)
+            self._update_report(
+                applied_revision=applied,
+                managed_accounts=len(state.accounts),
+                last_sync_time=self._clock(),
+            )
+            log.info("desired accounts applied", revision=applied, accounts=len(state.accounts))
