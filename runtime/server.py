@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -82,10 +83,41 @@ def check_port_free(endpoint: Endpoint) -> None:
             raise ListenError(f"cannot listen on {endpoint}: {exc.strerror}") from None
 
 
-def _add_servicer(
-    add: Callable[[object, grpc.aio.Server], None], servicer: object, server: grpc.aio.Server
-) -> None:
-    add(servicer, server)
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _serialize(message: Any) -> bytes:
+    """Serialize a response; bytes pass through (already serialized, e.g. shared by streams)."""
+    if isinstance(message, bytes):
+        return message
+    return message.SerializeToString()  # type: ignore[no-any-return]
+
+
+def _add_servicer(descriptor: Any, servicer: object, server: grpc.aio.Server) -> None:
+    """Register `servicer` for the service `descriptor` describes.
+
+    Like the generated add_…_to_server, built from the descriptor so that a method may
+    also yield a response it serialized itself (bytes): a WatchAccounts list sent to
+    thousands of streams is serialized once, not once per stream.
+    """
+    handlers = {}
+    for method in descriptor.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        make = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_class.FromString,
+            response_serializer=_serialize,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(descriptor.full_name, handlers)
 
 
 @dataclass(frozen=True)
@@ -124,8 +156,7 @@ class ServiceBinding:
                     servicer = getattr(stubs, f"{short}Servicer")()
                 else:
                     _check_declared(descriptor, servicer, getattr(stubs, f"{short}Servicer"))
-                add = getattr(stubs, f"add_{short}Servicer_to_server")
-                adders.append(functools.partial(_add_servicer, add, servicer))
+                adders.append(functools.partial(_add_servicer, descriptor, servicer))
                 full_names.append(descriptor.full_name)
         if remaining:
             raise ValueError(f"{package} has no service named {', '.join(sorted(remaining))}")
