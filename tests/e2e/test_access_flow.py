@@ -40,13 +40,6 @@ from sft.inventory.v1 import (
     agent_pb2,
     agent_service_pb2,
     agent_service_pb2_grpc,
-    enrollment_token_pb2,
-    enrollment_token_service_pb2,
-    enrollment_token_service_pb2_grpc,
-    group_pb2,
-    group_service_pb2,
-    group_service_pb2_grpc,
-    project_pb2,
     project_service_pb2,
     project_service_pb2_grpc,
     server_pb2,
@@ -115,50 +108,16 @@ async def _invite(platform: Platform, admin_token: str, name: str) -> str:
     return await platform.token(device)
 
 
-async def _set_up_project(platform: Platform, admin: str) -> None:
-    projects = platform.stub(project_service_pb2_grpc.ProjectServiceStub, admin)
-    await projects.CreateProject(
-        project_service_pb2.CreateProjectRequest(
-            parent=f"teams/{TEAM}", project_id="web", project=project_pb2.Project()
-        )
-    )
-    groups = platform.stub(group_service_pb2_grpc.GroupServiceStub, admin)
-    await groups.CreateGroup(
-        group_service_pb2.CreateGroupRequest(
-            parent=f"teams/{TEAM}", group_id="ops", group=group_pb2.Group()
-        )
-    )
-    await groups.AddGroupMember(
-        group_service_pb2.AddGroupMemberRequest(
-            group=f"teams/{TEAM}/groups/ops", user=f"teams/{TEAM}/users/bob"
-        )
-    )
-    await projects.CreateGrant(
-        project_service_pb2.CreateGrantRequest(
-            parent=PROJECT,
-            grant=project_pb2.ProjectGrant(
-                group=f"teams/{TEAM}/groups/ops", role=project_pb2.GRANT_ROLE_USER
-            ),
-        )
-    )
-
-
 async def _enroll_agent(platform: Platform, admin: str, tmp_path: Path) -> Agent:
-    tokens = platform.stub(enrollment_token_service_pb2_grpc.EnrollmentTokenServiceStub, admin)
-    created = await tokens.CreateEnrollmentToken(
-        enrollment_token_service_pb2.CreateEnrollmentTokenRequest(
-            parent=PROJECT,
-            enrollment_token=enrollment_token_pb2.EnrollmentToken(description="web fleet"),
-        )
-    )
-    assert created.token.startswith("sftt1_")
+    token, _ = await platform.enrollment_token(admin, PROJECT, "web fleet")
+    assert token.startswith("sftt1_")
     key = ed25519.Ed25519PrivateKey.generate()
     host_key_path = tmp_path / "ssh_host_ed25519_key"
     host_public = write_private_key(host_key_path, ed25519.Ed25519PrivateKey.generate())
     agents = platform.stub(agent_service_pb2_grpc.AgentServiceStub)
     reply = await agents.EnrollServer(
         agent_service_pb2.EnrollServerRequest(
-            enrollment_token=created.token,
+            enrollment_token=token,
             agent_public_key=public_key_line(key),
             host_public_keys=[host_public],
             facts=FACTS,
@@ -189,7 +148,7 @@ async def test_granted_user_reaches_an_enrolled_server_and_the_other_does_not(
     admin = await platform.login(TEAM, "alice")
     bob = await _invite(platform, admin, "bob")
     carol = await _invite(platform, admin, "carol")
-    await _set_up_project(platform, admin)
+    await platform.grant_project(admin, TEAM, "web", "ops", members=["bob"])
     agent = await _enroll_agent(platform, admin, tmp_path)
     assert agent.server.startswith(f"{PROJECT}/servers/")
     assert agent.reply.host_certificates, "enrollment returns host certificates"

@@ -37,15 +37,10 @@ from runtime.database import default_sqlite_url
 from runtime.pinned_codes import CodeKind, PinnedCode
 from services.inventory.agent_service import AgentServicer
 from sft.inventory.v1 import (
-    enrollment_token_pb2,
     enrollment_token_service_pb2,
     enrollment_token_service_pb2_grpc,
-    group_pb2,
     group_service_pb2,
     group_service_pb2_grpc,
-    project_pb2,
-    project_service_pb2,
-    project_service_pb2_grpc,
     server_service_pb2,
     server_service_pb2_grpc,
     user_pb2,
@@ -126,39 +121,12 @@ async def _set_up_project(platform: Platform, admin: str) -> None:
                 parent=f"teams/{TEAM}", user_id=name, user=user_pb2.User(display_name=name)
             )
         )
-    projects = platform.stub(project_service_pb2_grpc.ProjectServiceStub, admin)
-    await projects.CreateProject(
-        project_service_pb2.CreateProjectRequest(
-            parent=f"teams/{TEAM}", project_id="web", project=project_pb2.Project()
-        )
-    )
-    groups = platform.stub(group_service_pb2_grpc.GroupServiceStub, admin)
-    await groups.CreateGroup(
-        group_service_pb2.CreateGroupRequest(
-            parent=f"teams/{TEAM}", group_id="ops", group=group_pb2.Group()
-        )
-    )
-    await groups.AddGroupMember(
-        group_service_pb2.AddGroupMemberRequest(group=GROUP, user=f"teams/{TEAM}/users/bob")
-    )
-    await projects.CreateGrant(
-        project_service_pb2.CreateGrantRequest(
-            parent=PROJECT,
-            grant=project_pb2.ProjectGrant(group=GROUP, role=project_pb2.GRANT_ROLE_USER),
-        )
-    )
+    await platform.grant_project(admin, TEAM, "web", "ops", members=["bob"])
 
 
 async def _token(platform: Platform, admin: str) -> tuple[str, str]:
     """Create an enrollment token for project web; return (its string, its resource name)."""
-    tokens = platform.stub(enrollment_token_service_pb2_grpc.EnrollmentTokenServiceStub, admin)
-    created = await tokens.CreateEnrollmentToken(
-        enrollment_token_service_pb2.CreateEnrollmentTokenRequest(
-            parent=PROJECT,
-            enrollment_token=enrollment_token_pb2.EnrollmentToken(description="agent test"),
-        )
-    )
-    return created.token, created.enrollment_token.name
+    return await platform.enrollment_token(admin, PROJECT, "agent test")
 
 
 def _agent_config(platform: Platform, tmp_path: Path) -> AgentConfig:

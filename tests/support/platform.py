@@ -38,6 +38,17 @@ from sft.auth.v1 import (
     token_service_pb2,
     token_service_pb2_grpc,
 )
+from sft.inventory.v1 import (
+    enrollment_token_pb2,
+    enrollment_token_service_pb2,
+    enrollment_token_service_pb2_grpc,
+    group_pb2,
+    group_service_pb2,
+    group_service_pb2_grpc,
+    project_pb2,
+    project_service_pb2,
+    project_service_pb2_grpc,
+)
 from tests.support.ca_server import Clock
 
 __all__ = [
@@ -212,6 +223,56 @@ class Platform:
     async def login(self, team: str, user: str) -> str:
         """Enroll a device for `user` and return a bearer token for it."""
         return await self.token(await self.enroll(team, user))
+
+    async def grant_project(
+        self,
+        token: str,
+        team: str,
+        project: str,
+        group: str,
+        members: Iterable[str],
+        role: project_pb2.GrantRole.ValueType = project_pb2.GRANT_ROLE_USER,
+    ) -> None:
+        """As the bearer of `token`: create `project` and `group` (with `members`, who
+        must exist) and grant the group `role` on the project."""
+        projects = self.stub(project_service_pb2_grpc.ProjectServiceStub, token)
+        await projects.CreateProject(
+            project_service_pb2.CreateProjectRequest(
+                parent=f"teams/{team}", project_id=project, project=project_pb2.Project()
+            )
+        )
+        groups = self.stub(group_service_pb2_grpc.GroupServiceStub, token)
+        await groups.CreateGroup(
+            group_service_pb2.CreateGroupRequest(
+                parent=f"teams/{team}", group_id=group, group=group_pb2.Group()
+            )
+        )
+        for member in members:
+            await groups.AddGroupMember(
+                group_service_pb2.AddGroupMemberRequest(
+                    group=f"teams/{team}/groups/{group}", user=f"teams/{team}/users/{member}"
+                )
+            )
+        await projects.CreateGrant(
+            project_service_pb2.CreateGrantRequest(
+                parent=f"teams/{team}/projects/{project}",
+                grant=project_pb2.ProjectGrant(group=f"teams/{team}/groups/{group}", role=role),
+            )
+        )
+
+    async def enrollment_token(
+        self, token: str, project: str, description: str = "test"
+    ) -> tuple[str, str]:
+        """As the bearer of `token`: make a server enrollment token for the `project`
+        resource; return (the token string, its resource name)."""
+        tokens = self.stub(enrollment_token_service_pb2_grpc.EnrollmentTokenServiceStub, token)
+        created = await tokens.CreateEnrollmentToken(
+            enrollment_token_service_pb2.CreateEnrollmentTokenRequest(
+                parent=project,
+                enrollment_token=enrollment_token_pb2.EnrollmentToken(description=description),
+            )
+        )
+        return str(created.token), str(created.enrollment_token.name)
 
     async def close_channels(self) -> None:
         """Close every channel handed out."""
