@@ -109,6 +109,12 @@ def _field(request: object, path: str) -> str:
     return str(value)
 
 
+_CALLER_WORDS = {
+    CallerKind.AGENT: "a server's agent",
+    CallerKind.PLATFORM_SERVICE: "a platform service",
+}
+
+
 def _require_person(identity: Identity) -> None:
     if identity.kind is CallerKind.ANONYMOUS:
         raise Unauthenticated(
@@ -116,7 +122,8 @@ def _require_person(identity: Identity) -> None:
         )
     if identity.kind not in (CallerKind.USER, CallerKind.SERVICE_USER):
         raise PermissionDenied(
-            f"only people and service users of a team may call this, not a {identity.kind.value}"
+            "only people and service users of a team may call this, not "
+            + _CALLER_WORDS.get(identity.kind, identity.kind.value)
         )
 
 

@@ -108,3 +108,10 @@ def test_internal_listener_must_differ_from_the_public_one() -> None:
 def test_the_kek_comes_from_one_source_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ca_kek_file or ca_kek, not both"):
         load(ca_kek_file=tmp_path / "kek", env={"SFT_PLATFORM_CA_KEK": "AAAA"})
+
+
+def test_peer_addresses_are_checked_and_only_the_given_ones_listed() -> None:
+    settings = load(ca_address="ca.internal:8444", inventory_address=" ")
+    assert settings.peer_addresses == {"ca": "ca.internal:8444"}
+    with pytest.raises(ConfigError, match="auth_address"):
+        load(auth_address="no-port-here")
