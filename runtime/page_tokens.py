@@ -39,7 +39,10 @@ Row = TypeVar("Row")
 def page_limit(page_size: int) -> int:
     """Return how many rows a page of `page_size` holds (0 → 50, at most 1000); refuse < 0."""
     if page_size < 0:
-        raise InvalidInput("page_size must not be negative; use 0 for the default of 50")
+        raise InvalidInput(
+            f"page_size must not be negative (got {page_size}); use 0 for the default of "
+            f"{DEFAULT_PAGE_SIZE}"
+        )
     return DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
 
 
@@ -89,7 +92,7 @@ async def newest_first_page(
     `row_type` is the mapped class, which must have `create_time` and `id` columns;
     `id_type` turns the id in a token back into the column's type.
     """
-    size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
+    size = page_limit(page_size)
     if page_token:
         after_time, after_text = decode_page_token(page_token, digest)
         try:

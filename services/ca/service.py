@@ -22,6 +22,7 @@ from runtime.clock import Clock, timestamp, utc_now
 from runtime.database import Database
 from runtime.errors import InvalidInput, NotFound
 from runtime.identity import current_identity
+from runtime.page_tokens import page_limit
 from services.ca import repository
 from services.ca.authorities import (
     AuthorityKind,
@@ -364,8 +365,7 @@ class CertificateAuthority(ca_service_pb2_grpc.CertificateAuthorityServiceServic
             else None,
             end_time=request.end_time.ToDatetime(dt.UTC) if request.HasField("end_time") else None,
         )
-        if request.page_size < 0:
-            raise InvalidInput("page_size must not be negative; use 0 for the default of 50")
+        page_limit(request.page_size)
         async with self._database.sessions() as session:
             rows, next_token = await repository.list_issuances(
                 session, where, request.page_size, request.page_token

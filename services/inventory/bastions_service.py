@@ -9,7 +9,7 @@ from __future__ import annotations
 from runtime.authorization import Need, requires
 from runtime.cert_uris import split_project_name, split_server_name, split_team_name
 from runtime.errors import FailedPrecondition, InvalidInput
-from runtime.page_tokens import filter_digest
+from runtime.page_tokens import filter_digest, page_limit
 from services.inventory import repository
 from services.inventory.names import (
     check_bastion_name,
@@ -99,7 +99,7 @@ class BastionServicer(DirectoryServicer, bastion_service_pb2_grpc.BastionService
     ) -> bastion_service_pb2.ListBastionsResponse:
         """List the team's bastions by bastion id."""
         team_name, project_name = _bastion_parent(request.parent)
-        repository.page_limit(request.page_size)
+        page_limit(request.page_size)
         async with self._database.sessions() as session:
             team = await repository.get_team(session, team_name)
             if project_name is not None:

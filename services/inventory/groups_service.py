@@ -10,7 +10,7 @@ from __future__ import annotations
 from runtime.authorization import Need, requires
 from runtime.cert_uris import split_team_name
 from runtime.cert_uris import split_user_name as split_user_resource
-from runtime.page_tokens import filter_digest
+from runtime.page_tokens import filter_digest, page_limit
 from services.inventory import repository
 from services.inventory.names import check_description, check_group_name, split_group_name
 from services.inventory.servicer import Context, DirectoryServicer, same_team
@@ -57,7 +57,7 @@ class GroupServicer(DirectoryServicer, group_service_pb2_grpc.GroupServiceServic
     ) -> group_service_pb2.ListGroupsResponse:
         """List the team's groups by group id."""
         team_name = split_team_name(request.parent)
-        repository.page_limit(request.page_size)
+        page_limit(request.page_size)
         async with self._database.sessions() as session:
             team = await repository.get_team(session, team_name)
             rows, token = await repository.list_groups(
@@ -139,7 +139,7 @@ class GroupServicer(DirectoryServicer, group_service_pb2_grpc.GroupServiceServic
     ) -> group_service_pb2.ListGroupMembersResponse:
         """List a group's members by user id."""
         team_name, group_name = split_group_name(request.parent)
-        repository.page_limit(request.page_size)
+        page_limit(request.page_size)
         async with self._database.sessions() as session:
             team = await repository.get_team(session, team_name)
             group = await repository.get_group(session, team, group_name)

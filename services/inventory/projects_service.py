@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from runtime.authorization import Need, requires
 from runtime.cert_uris import split_project_name, split_team_name
 from runtime.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from runtime.page_tokens import filter_digest
+from runtime.page_tokens import filter_digest, page_limit
 from services.inventory import repository
 from services.inventory.certificate_calls import CertificateCalls
 from services.inventory.models import Project, Team
@@ -229,7 +229,7 @@ class ProjectServicer(DirectoryServicer, project_service_pb2_grpc.ProjectService
     ) -> project_service_pb2.ListProjectsResponse:
         """List the projects the caller may see, by project id."""
         team_name = split_team_name(request.parent)
-        repository.page_limit(request.page_size)
+        page_limit(request.page_size)
         async with self._database.sessions() as session:
             team = await repository.get_team(session, team_name)
             viewer = await self._visible_to(session, team)
@@ -331,7 +331,7 @@ class ProjectServicer(DirectoryServicer, project_service_pb2_grpc.ProjectService
     ) -> project_service_pb2.ListGrantsResponse:
         """List a project's grants by group id."""
         team_name, project_name = split_project_name(request.parent)
-        repository.page_limit(request.page_size)
+        page_limit(request.page_size)
         async with self._database.sessions() as session:
             team = await repository.get_team(session, team_name)
             project = await repository.get_project(session, team, project_name)

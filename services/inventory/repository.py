@@ -17,7 +17,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from runtime.errors import Conflict, FailedPrecondition, InvalidInput, NotFound
-from runtime.page_tokens import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from runtime.page_tokens import page_limit
 from services.inventory.models import (
     Bastion,
     EnrollmentTokenRow,
@@ -75,7 +75,6 @@ __all__ = [
     "list_projects",
     "list_users",
     "member_count",
-    "page_limit",
     "project_exists",
     "project_visible_to",
     "projects_requiring_bastion",
@@ -667,16 +666,6 @@ async def delete_bastion(session: AsyncSession, bastion: Bastion) -> None:
 
 
 # Paging by name ----------------------------------------------------------------------------
-
-
-def page_limit(page_size: int) -> int:
-    """Return how many rows a page of `page_size` holds (0 → 50, at most 1000)."""
-    if page_size < 0:
-        raise InvalidInput(
-            f"page_size must not be negative (got {page_size}); use 0 for the default of "
-            f"{DEFAULT_PAGE_SIZE}"
-        )
-    return DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
 
 
 def _encode_after(name: str, digest: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from runtime.authorization import Need, requires
 from runtime.cert_uris import split_team_name
 from runtime.errors import InvalidInput, PermissionDenied
+from runtime.page_tokens import page_limit
 from services.inventory import repository
 from services.inventory.names import check_display_name
 from services.inventory.servicer import Context, DirectoryServicer, caller, mask_paths
@@ -36,7 +37,7 @@ class TeamServicer(DirectoryServicer, team_service_pb2_grpc.TeamServiceServicer)
         self, request: team_service_pb2.ListTeamsRequest, context: Context
     ) -> team_service_pb2.ListTeamsResponse:
         """List the teams the caller may see: its own."""
-        repository.page_limit(request.page_size)
+        page_limit(request.page_size)
         if request.page_token:
             raise InvalidInput(
                 "page_token is not valid: this listing has one page; call again without it"

@@ -18,7 +18,7 @@ from runtime.cert_uris import split_team_name
 from runtime.cert_uris import split_user_name as split_user_resource
 from runtime.errors import Conflict, FailedPrecondition, InvalidInput, Unavailable
 from runtime.identity import CallerKind
-from runtime.page_tokens import filter_digest
+from runtime.page_tokens import filter_digest, page_limit
 from services.inventory import repository
 from services.inventory.models import Team, User, UserKind, UserStatus
 from services.inventory.names import (
@@ -158,7 +158,7 @@ class UserServicer(DirectoryServicer, user_service_pb2_grpc.UserServiceServicer)
     ) -> user_service_pb2.ListUsersResponse:
         """List the team's users by user id, optionally of one status and kind."""
         team_name = split_team_name(request.parent)
-        repository.page_limit(request.page_size)
+        page_limit(request.page_size)
         status = _user_status(request.status)
         kind = _user_kind(request.kind)
         digest = filter_digest("users", team_name, request.status, request.kind)
