@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import ipaddress
 import secrets
-import select
-import socket
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import grpc
 import grpc.aio
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from OpenSSL import SSL
 
 from agent.state import AgentKey
+from runtime.platform_address import (
+    PROBE_TIMEOUT_SECONDS,
+    PlatformURL,
+    ProbeFailed,
+    certificate_sha256,
+    parse_platform_url,
+)
+from runtime.platform_address import fetch_presented_chain as _fetch
 from sft.auth.v1 import token_service_pb2, token_service_pb2_grpc
 
 __all__ = [
@@ -53,8 +52,6 @@ ASSERTION_AUDIENCE = "/sft.auth.v1.TokenService/CreateAccessToken"
 ASSERTION_LIFETIME_SECONDS = 60
 JTI_BYTES = 16
 CALL_TIMEOUT_SECONDS = 20.0
-PROBE_TIMEOUT_SECONDS = 15.0
-DEFAULT_PORT = 443
 #: A token with less than this left is replaced before a call, so no call starts with
 #: a token that dies on the way (tokens live an hour; heartbeats come every minute).
 TOKEN_RENEW_BEFORE = dt.timedelta(minutes=5)
@@ -92,68 +89,13 @@ def is_transient(error: grpc.aio.AioRpcError) -> bool:
     return error.code() in _TRANSIENT
 
 
-@dataclass(frozen=True)
-class PlatformURL:
-    """Where the platform listens: one TLS gRPC endpoint for every service."""
-
-    host: str  # DNS name or IP address, without brackets
-    port: int
-
-    @property
-    def is_ip(self) -> bool:
-        """Return whether the host is an IP literal (TLS sends no SNI for those)."""
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
-
-    @property
-    def target(self) -> str:
-        """Return the gRPC target, `HOST:PORT` (IPv6 in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def __str__(self) -> str:
-        return f"https://{self.target}"
-
-
-def parse_platform_url(text: str) -> PlatformURL:
-    """Return the address in `https://HOST[:PORT][/]`; ValueError saying what is wrong."""
-    example = "give it as https://HOST[:PORT], e.g. https://sft.example.com"
-    parts = urlsplit(text.strip())
-    if parts.scheme.lower() != "https":
-        raise ValueError(f"{text!r} is not an https:// URL; {example}")
-    if parts.username or parts.password or parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"{text!r} must have no user, path or query; {example}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{text!r} has an invalid port; {example}") from None
-    host = (parts.hostname or "").rstrip(".")
-    if not host or port == 0:
-        raise ValueError(f"{text!r} has no host or port 0; {example}")
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{text!r} has an invalid IPv6 address; {example}") from None
-    elif not all(ch.isascii() and (ch.isalnum() or ch in "-.") for ch in host):
-        raise ValueError(f"{text!r} has an invalid host name; {example}")
-    return PlatformURL(host, port if port is not None else DEFAULT_PORT)
-
-
 # --- first contact ---------------------------------------------------------------------
-
-
-def _certificate_sha256(cert: x509.Certificate) -> bytes:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
 
 
 def find_pinned_ca(chain: list[x509.Certificate], pin: bytes, url: PlatformURL) -> x509.Certificate:
     """Return the certificate in `chain` whose SHA-256 is `pin`; refuse a chain without it."""
     for cert in chain:
-        if _certificate_sha256(cert) == pin:
+        if certificate_sha256(cert) == pin:
             return cert
     raise PinMismatch(
         f"the platform at {url} did not present the TLS CA the enrollment token pins "
@@ -162,55 +104,22 @@ def find_pinned_ca(chain: list[x509.Certificate], pin: bytes, url: PlatformURL) 
     )
 
 
-def _wait(sock: socket.socket, deadline: float, *, writing: bool) -> None:
-    remaining = deadline - time.monotonic()
-    if remaining > 0:
-        readers, writers = ([], [sock]) if writing else ([sock], [])
-        if any(select.select(readers, writers, [], remaining)):
-            return
-    raise TimeoutError("the TLS handshake timed out")
-
-
 def fetch_presented_chain(
     url: PlatformURL, timeout_seconds: float = PROBE_TIMEOUT_SECONDS
 ) -> list[x509.Certificate]:
     """Return the certificates the platform presents in its TLS handshake, unverified.
 
-    Blocking; run it in a thread. Python's ssl cannot show the chain, hence pyOpenSSL.
+    Blocking; run it in a thread (runtime.platform_address does the handshake).
     """
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    # Verification is off on purpose: the pin, not a CA store, decides what to trust.
-    context.set_verify(SSL.VERIFY_NONE)
-    context.set_min_proto_version(SSL.TLS1_2_VERSION)
-    context.set_alpn_protos([b"h2"])  # what gRPC speaks; a routing proxy may require it
-    deadline = time.monotonic() + timeout_seconds
     try:
-        sock = socket.create_connection((url.host, url.port), timeout=timeout_seconds)
-    except OSError as exc:
-        raise PlatformUnreachable(f"cannot reach {url}: {exc.strerror or exc}") from None
-    try:
-        sock.setblocking(False)
-        conn = SSL.Connection(context, sock)
-        if not url.is_ip:  # RFC 6066: SNI carries host names only
-            conn.set_tlsext_host_name(url.host.encode("idna"))
-        conn.set_connect_state()
-        while True:
-            try:
-                conn.do_handshake()
-                break
-            except SSL.WantReadError:
-                _wait(sock, deadline, writing=False)
-            except SSL.WantWriteError:
-                _wait(sock, deadline, writing=True)
-    except (SSL.Error, OSError) as exc:
+        return _fetch(url, timeout_seconds)
+    except ProbeFailed as exc:
+        if not exc.connected:
+            raise PlatformUnreachable(f"cannot reach {url}: {exc.reason}") from None
         raise PlatformUnreachable(
-            f"the TLS handshake with {url} failed ({exc or type(exc).__name__}); InitialURL "
+            f"the TLS handshake with {url} failed ({exc.reason}); InitialURL "
             "must be the platform's gRPC endpoint"
         ) from None
-    else:
-        return list(conn.get_peer_cert_chain(as_cryptography=True) or [])
-    finally:
-        sock.close()
 
 
 # --- the agent's session ---------------------------------------------------------------

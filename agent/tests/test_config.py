@@ -155,8 +155,11 @@ def test_snake_case_names_are_not_keys(tmp_path: Path) -> None:
         ("Broker: 'yes'\n", "Broker: must be true or false, not 'yes'"),
         ("AutoEnroll: 1\n", "AutoEnroll: must be true or false, not 1"),
         ("LogLevel: LOUD\n", "LogLevel: must be DEBUG, INFO, WARN or ERROR, not 'LOUD'"),
-        ("InitialURL: http://sft.example.com\n", "InitialURL: 'http://sft.example.com' is not"),
-        ("InitialURL: https://sft.example.com/api\n", "must have no user, path or query"),
+        (
+            "InitialURL: http://sft.example.com\n",
+            "InitialURL: the platform URL 'http://sft.example.com' uses http://",
+        ),
+        ("InitialURL: https://sft.example.com/api\n", "must not have a path, query or fragment"),
         ("AccessAddress: 'no such host!'\n", "AccessAddress: must be an IP address or a DNS"),
         ("AccessInterface: 'eth0; rm'\n", "AccessInterface: must be a network interface name"),
         ("AltNames: web-1\n", "AltNames: must be a list"),
