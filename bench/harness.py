@@ -101,13 +101,17 @@ async def closed_loop(
     deadline = 0.0
 
     async def caller() -> None:
+        timed = 0
         while True:
             started = time.perf_counter()
-            if measuring and started >= deadline:
+            # Each measured caller makes at least one call: on a starved machine the
+            # loop may first run a caller after the deadline, and no sample is no result.
+            if measuring and timed and started >= deadline:
                 return
             await call()
             if measuring:
                 latencies.append(time.perf_counter() - started)
+                timed += 1
 
     warm_deadline = time.perf_counter() + warmup
     warm = [asyncio.create_task(_until(caller, warm_deadline)) for _ in range(concurrency)]
