@@ -15,7 +15,10 @@ PYTEST_WORKERS ?= 2
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[platform,dev]'
+	# compat: a plain path .pth, which starts ~20 ms faster than the import-hook kind, and
+	# `sft ssh` pays start-up on every connection. Plain -e where setuptools dropped compat.
+	$(VENV)/bin/pip install -q -e '.[platform,dev]' --config-settings editable_mode=compat 2>/dev/null \
+	  || $(VENV)/bin/pip install -q -e '.[platform,dev]'
 	touch $@
 
 ## install: create .venv with sft and its development tools

@@ -22,6 +22,7 @@ from client.commands.admin import admin_group
 from client.commands.enrollment import enroll_command, unenroll_command
 from client.commands.login import login_command, logout_command
 from client.commands.servers import list_servers_command, resolve_command
+from client.commands.ssh import proxycommand_command, ssh_command, ssh_config_command
 from client.commands.teams import (
     device_info_command,
     list_teams_command,
@@ -119,6 +120,9 @@ for _command in (
     device_info_command,
     list_servers_command,
     resolve_command,
+    ssh_command,
+    ssh_config_command,
+    proxycommand_command,
     admin_group,
 ):
     main.add_command(_command)

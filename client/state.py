@@ -13,19 +13,26 @@ import contextlib
 import datetime as dt
 import json
 import os
-import re
 import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from client.device_key import load_private_key
 from client.errors import ENROLL_HINT, EXIT_USAGE, ClientError, NotEnrolled
+from client.files import (
+    DIR_MODE,
+    HOME_ENV,
+    TEAM_ENV,
+    TEAM_NAME,
+    default_home,
+    fsync_dir,
+    make_private_dir,
+    write_atomic,
+)
 
 __all__ = [
     "HOME_ENV",
@@ -39,13 +46,7 @@ __all__ = [
     "write_atomic",
 ]
 
-HOME_ENV = "SFT_HOME"
-TEAM_ENV = "SFT_TEAM"
-DIR_MODE = 0o700
-FILE_MODE = 0o600
-
-# The platform's team name rule; it also keeps a team name from escaping teams/.
-_TEAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_TEAM_NAME = TEAM_NAME
 _STAGING_PREFIX = ".enrolling-"
 
 
@@ -58,48 +59,6 @@ def check_team_name(team: str) -> str:
             EXIT_USAGE,
         )
     return team
-
-
-def default_home() -> Path:
-    """Return `$SFT_HOME`, or the per-user config directory for sft."""
-    configured = os.environ.get(HOME_ENV, "").strip()
-    return Path(configured).expanduser() if configured else platformdirs.user_config_path("sft")
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Replace `path` with `data` in one step, with permissions `mode` from the first byte."""
-    # mkstemp makes the file 0600 with a unique name, so two writers never share a temp file.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if os.name == "posix":
-                os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _make_private_dir(path: Path) -> None:
-    existed = path.is_dir()
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    if not existed and os.name == "posix":
-        path.chmod(DIR_MODE)  # mkdir's mode is filtered by the umask
 
 
 def _timestamp(value: dt.datetime) -> str:
@@ -255,15 +214,17 @@ class TeamDir:
     def forget_credentials(self) -> list[Path]:
         """Delete every cached credential of this team; return what was removed.
 
-        The one hook for `sft logout`: the access token now; the short-lived SSH and
-        X.509 certificates cached by later verbs belong here too.
+        The one hook for `sft logout`: the access token and the SSH cache's certificates
+        and server records (its key pair stays; it certifies nothing by itself).
         """
+        from client.ssh_cache import SSHCache
+
         removed = []
         for path in (self.token_file,):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)
-        return removed
+        return removed + SSHCache(self.path).forget()
 
 
 class Home:
@@ -284,8 +245,8 @@ class Home:
 
     def ensure(self) -> None:
         """Create the home and teams directories, 0700."""
-        _make_private_dir(self.root)
-        _make_private_dir(self.teams_dir)
+        make_private_dir(self.root)
+        make_private_dir(self.teams_dir)
 
     def team_dir(self, team: str) -> TeamDir:
         """Return the directory of `team` (which may not exist)."""
@@ -366,7 +327,7 @@ class Home:
                 f"this machine is already enrolled in team {staging.team}",
                 hint=f"run `sft unenroll --team {staging.team}` first",
             ) from None
-        _fsync_dir(self.teams_dir)
+        fsync_dir(self.teams_dir)
         return target
 
     def remove_team_dir(self, team_dir: TeamDir) -> None:

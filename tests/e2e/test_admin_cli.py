@@ -11,69 +11,19 @@ refused admin verbs in one line.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from runtime.database import default_sqlite_url
 from sft.inventory.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, server_pb2
+from tests.support.cli import Person
 from tests.support.platform import Platform, public_key_line, running_platform
 
 pytestmark = pytest.mark.e2e
-
-SFT_BIN = str(Path(sys.executable).parent / "sft")
-
-
-@dataclass(frozen=True)
-class Ran:
-    """What one `sft` run did."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        """Return stdout as JSON, after checking the run succeeded."""
-        assert self.returncode == 0, (self.stdout, self.stderr)
-        return json.loads(self.stdout)
-
-    def one_error_line(self) -> str:
-        """Assert a failure printed one `sft: error:` line and nothing else; return its text."""
-        assert self.returncode == 1, (self.stdout, self.stderr)
-        assert self.stdout == "" and "Traceback" not in self.stderr
-        (line,) = self.stderr.splitlines()
-        assert line.startswith("sft: error: ")
-        return line.removeprefix("sft: error: ")
-
-
-@dataclass(frozen=True)
-class Person:
-    """Someone at a machine: their SFT_HOME."""
-
-    home: Path
-
-    async def sft(self, *args: str) -> Ran:
-        """Run the real `sft` (the platform keeps serving on this event loop meanwhile)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SFT_")}
-        process = await asyncio.create_subprocess_exec(
-            SFT_BIN,
-            *args,
-            env={**env, "SFT_HOME": str(self.home)},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode is not None
-        return Ran(process.returncode, stdout.decode(), stderr.decode())
 
 
 @pytest.fixture

@@ -232,13 +232,16 @@ class Platform:
         group: str,
         members: Iterable[str],
         role: project_pb2.GrantRole.ValueType = project_pb2.GRANT_ROLE_USER,
+        settings: project_pb2.Project | None = None,
     ) -> None:
-        """As the bearer of `token`: create `project` and `group` (with `members`, who
-        must exist) and grant the group `role` on the project."""
+        """As the bearer of `token`: create `project` (with `settings`) and
+        `group` (with `members`, who must exist) and grant the group `role` on the project."""
         projects = self.stub(project_service_pb2_grpc.ProjectServiceStub, token)
         await projects.CreateProject(
             project_service_pb2.CreateProjectRequest(
-                parent=f"teams/{team}", project_id=project, project=project_pb2.Project()
+                parent=f"teams/{team}",
+                project_id=project,
+                project=settings or project_pb2.Project(),
             )
         )
         groups = self.stub(group_service_pb2_grpc.GroupServiceStub, token)
