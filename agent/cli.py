@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,7 +22,14 @@ import structlog
 
 from agent.accounts.managed import CorruptRecord
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.daemon import AccountSink, Daemon, HostTrustSink, LoggingAccountSink, NoHostTrust
+from agent.daemon import (
+    AccountSink,
+    ControlChannel,
+    Daemon,
+    HostTrustSink,
+    LoggingAccountSink,
+    NoHostTrust,
+)
 from agent.paths import default_paths
 from agent.state import AgentState, StateError
 from runtime.logging import configure_logging
@@ -68,23 +76,51 @@ def main(ctx: click.Context, conf: Path | None) -> None:
         ctx.invoke(run_command)
 
 
-def account_sink(config: AgentConfig) -> AccountSink:
-    """Return where desired account lists go: the reconciler for this OS, or a log line."""
+@dataclass(frozen=True)
+class AccountWiring:
+    """Where desired account lists go, and the control channel sharing its accounts."""
+
+    sink: AccountSink
+    #: None when ManageAccounts is off: nothing to enable or disable.
+    control: ControlChannel | None = None
+
+
+def account_wiring(config: AgentConfig) -> AccountWiring:
+    """Return the reconciler for this OS and the control channel over the same accounts.
+
+    Both share one backend and one ManagedAccounts (and so its lock): a grant and a
+    revocation of the same account never interleave. ManageAccounts off: a log line.
+    """
     if not config.manage_accounts:
-        return LoggingAccountSink("ManageAccounts is off")
+        return AccountWiring(LoggingAccountSink("ManageAccounts is off"))
+    from agent.accounts.access import AccountAccess
+    from agent.accounts.backend import AccountBackend
     from agent.accounts.linux import LinuxAccounts
     from agent.accounts.managed import RECORD_FILE, ManagedAccounts
     from agent.accounts.reconcile import Reconciler
     from agent.accounts.windows import WindowsAccounts
+    from agent.control import ControlServer
     from agent.paths import current_os
 
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     managed = ManagedAccounts.load(config.state_dir / RECORD_FILE)
+    backend: AccountBackend
     if current_os() == "windows":
-        return Reconciler(WindowsAccounts(), managed, zero_standing_privilege=True)
-    # Accounts stay usable with certificates; the broker (RDP) path will turn on
-    # zero standing privilege where it runs.
-    return Reconciler(LinuxAccounts(), managed, zero_standing_privilege=config.broker)
+        backend, zero_standing_privilege = WindowsAccounts(), True
+    else:
+        # Accounts stay usable with certificates; the broker (RDP) path turns on zero
+        # standing privilege where it runs.
+        backend, zero_standing_privilege = LinuxAccounts(), config.broker
+    access = AccountAccess(backend, managed, zero_standing_privilege=zero_standing_privilege)
+    return AccountWiring(
+        Reconciler(backend, managed, zero_standing_privilege=zero_standing_privilege),
+        ControlServer(access, AgentState(config.state_dir), broker=config.broker),
+    )
+
+
+def account_sink(config: AgentConfig) -> AccountSink:
+    """Return where desired account lists go: the reconciler for this OS, or a log line."""
+    return account_wiring(config).sink
 
 
 def host_trust_sink(config: AgentConfig) -> HostTrustSink:
@@ -133,10 +169,13 @@ def run_command(ctx: click.Context) -> None:
     configure_logging(config.log_level)
     log.info("starting", state_dir=str(config.state_dir), pid=os.getpid())
     try:
-        sink = account_sink(config)
+        wiring = account_wiring(config)
     except CorruptRecord as error:
         _fail(str(error), EXIT_FAILURE)
-    daemon = Daemon(config, accounts=sink, host_trust=host_trust_sink(config))
+    sink = wiring.sink
+    daemon = Daemon(
+        config, accounts=sink, host_trust=host_trust_sink(config), control=wiring.control
+    )
     if getattr(sink, "on_conflict", "absent") is None:
         sink.on_conflict = daemon.report_conflict  # type: ignore[attr-defined]
     try:

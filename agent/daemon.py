@@ -40,6 +40,7 @@ from sft.inventory.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grp
 
 __all__ = [
     "AccountSink",
+    "ControlChannel",
     "Daemon",
     "DaemonTimings",
     "HostTrustSink",
@@ -81,6 +82,16 @@ class HostTrustSink(Protocol):
         self, anchors: TrustAnchors, certificates: tuple[HostCertificate, ...]
     ) -> object:
         """Install the user CA keys, the X.509 CA bundle and the host certificates."""
+
+
+class ControlChannel(Protocol):
+    """The local control channel (agent.control.ControlServer), served for the daemon's life."""
+
+    async def start(self, report: Callable[[], StatusReport]) -> None:
+        """Disable accounts left enabled (fail closed), then serve; `report` is for GetStatus."""
+
+    async def stop(self) -> None:
+        """Stop serving and disable the accounts grants still hold enabled."""
 
 
 class LoggingAccountSink:
@@ -194,10 +205,12 @@ class Daemon:
         *,
         accounts: AccountSink,
         host_trust: HostTrustSink | None = None,
+        control: ControlChannel | None = None,
         clock: Clock = _utc_now,
         timings: DaemonTimings | None = None,
     ) -> None:
         self.config = config
+        self._control = control
         self.state = AgentState(config.state_dir)
         self._accounts = accounts
         self._host_trust: HostTrustSink = host_trust or NoHostTrust()
@@ -213,8 +226,27 @@ class Daemon:
         return Backoff(self._timings.retry_initial_seconds, self._timings.retry_maximum_seconds)
 
     async def run(self) -> None:
-        """Enroll if needed, then keep heartbeating and applying desired accounts."""
+        """Enroll if needed, then keep heartbeating and applying desired accounts.
+
+        The control channel (if any) serves from the start, enrolled or not, and stops
+        with the daemon.
+        """
         self.state.ensure_directory()
+        if self._control is None:
+            await self._run()
+            return
+        await self._control.start(self._current_report)
+        try:
+            await self._run()
+        finally:
+            await self._control.stop()
+
+    def _current_report(self) -> StatusReport:
+        """Return what the daemon last saw (for the control channel's GetStatus)."""
+        return self._report
+
+    async def _run(self) -> None:
+        """Enroll if needed, then run the platform session's tasks until cancelled."""
         identity = self.state.read_identity()
         if identity is None:
             if not self.config.auto_enroll:
