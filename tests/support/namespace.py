@@ -1,9 +1,10 @@
 """A private copy of the machine's accounts for tests that run the real account tools.
 
 `private_system()` starts private mount and PID namespaces (as root) whose /etc is a
-tmpfs copy of the machine's, with empty tmpfs /home, /var/log and /var/mail; commands
-run in there with `PrivateSystem.run()`. useradd, usermod, chpasswd and visudo then
-change only the copy, and it all vanishes when the namespace's last process exits.
+tmpfs copy of the machine's, with empty tmpfs /home, /var/log and /var/mail (and /run,
+on request); commands run in there with `PrivateSystem.run()`, daemons with
+`PrivateSystem.start()`. useradd, usermod, chpasswd and visudo then change only the
+copy, and it all vanishes when the namespace's last process exits.
 
 A whole-directory copy of /etc, not single files: useradd replaces /etc/passwd by
 rename, which a bind-mounted file refuses. The copy lives on a tmpfs so no copy of
@@ -34,9 +35,11 @@ _ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 
 # Runs as init of the new namespaces. `ready` tells the parent the mounts are done;
 # then init just waits (it is killed by pid from outside, which ends the namespace).
+# With "private-run", /run is a tmpfs too, holding sshd's privilege separation
+# directory: sshd can run in there, and nothing in there sees the machine's systemd.
 _LAUNCHER = r"""
 set -eu
-scratch=$1
+scratch=$1 run=${2:-}
 mount -t tmpfs -o mode=0755 sft-accounts "$scratch"
 cp -a /etc "$scratch/etc"
 mkdir -m 0755 "$scratch/home"
@@ -44,6 +47,10 @@ mount --bind "$scratch/etc" /etc
 mount --bind "$scratch/home" /home
 mount -t tmpfs -o mode=0755 sft-accounts-log /var/log
 if [ -d /var/mail ]; then mount -t tmpfs -o mode=2775 sft-accounts-mail /var/mail; fi
+if [ "$run" = private-run ]; then
+  mount -t tmpfs -o mode=0755 sft-accounts-run /run
+  mkdir -m 0755 /run/sshd
+fi
 echo ready
 exec sleep infinity
 """
@@ -90,6 +97,57 @@ class PrivateSystem:
         """Return the text of `path` as the namespace sees it."""
         return self.run(["cat", path]).stdout
 
+    def start(
+        self, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` in the namespace in the background, its output appended to `log`.
+
+        Returns nsenter's process; `argv` runs as its only child. Stop it with `stop`
+        (or leave it: it ends with the namespace).
+        """
+        nsenter = shutil.which("nsenter") or "nsenter"
+        with log.open("ab") as output:
+            return subprocess.Popen(
+                [
+                    nsenter,
+                    f"--target={self.pid}",
+                    "--mount",
+                    "--pid",
+                    f"--wd={self.cwd}",
+                    "--",
+                    *argv,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env={**_ENVIRONMENT, **(env or {})},
+                start_new_session=True,
+            )
+
+    def stop(
+        self,
+        process: subprocess.Popen[bytes],
+        *,
+        signum: signal.Signals = signal.SIGTERM,
+        timeout_seconds: float = _STOP_TIMEOUT_SECONDS,
+    ) -> int:
+        """Send `signum` to what `start` runs (by pid), wait; SIGKILL it on timeout.
+
+        Returns its exit status as nsenter passes it on (negative: killed by that signal).
+        """
+        # nsenter forwards no signal, so its child gets it; only while nsenter lives
+        # (and has not reaped it) is the child's pid certain to be that process.
+        if process.poll() is None:
+            for child in _children(process.pid):
+                _kill(child, signum)
+            try:
+                return process.wait(timeout=timeout_seconds)
+            except subprocess.TimeoutExpired:
+                for child in _children(process.pid):
+                    _kill(child, signal.SIGKILL)
+                process.kill()
+        return process.wait()
+
 
 def require_root(what: str) -> None:
     """Skip (fail when CI=true) unless root: private mount namespaces need it."""
@@ -102,8 +160,13 @@ def require_root(what: str) -> None:
 
 
 @contextmanager
-def private_system(tmp_path: Path, *, cwd: Path | None = None) -> Iterator[PrivateSystem]:
-    """Start a private namespace with copies of /etc and an empty /home; always stop it."""
+def private_system(
+    tmp_path: Path, *, cwd: Path | None = None, private_run: bool = False
+) -> Iterator[PrivateSystem]:
+    """Start a private namespace with copies of /etc and an empty /home; always stop it.
+
+    `private_run`: an empty /run too, with sshd's /run/sshd (for running sshd in there).
+    """
     require_root("account tests")
     unshare = require("unshare", shutil.which("unshare"), "run `make deps` (apt util-linux)")
     require("nsenter", shutil.which("nsenter"), "run `make deps` (apt util-linux)")
@@ -124,6 +187,7 @@ def private_system(tmp_path: Path, *, cwd: Path | None = None) -> Iterator[Priva
             _LAUNCHER,
             "sft-accounts-namespace",
             str(scratch),
+            "private-run" if private_run else "",
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -148,6 +212,24 @@ def private_system(tmp_path: Path, *, cwd: Path | None = None) -> Iterator[Priva
         yield PrivateSystem(pid=init_pid, cwd=cwd or Path.cwd())
     finally:
         _stop(launcher, init_pid)
+
+
+def _children(pid: int) -> list[int]:
+    """Return the children of `pid` (none when it is gone)."""
+    try:
+        return [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+    except OSError:
+        return []
+
+
+def _kill(pid: int, signum: signal.Signals) -> None:
+    """Send `signum` to `pid` unless it is gone already."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _only_child(pid: int) -> int:
