@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 # gRPC's C core logs handshake failures on stderr by itself; sft reports them as one
 # line instead. Set before grpc is imported anywhere; GRPC_VERBOSITY=debug still works.
@@ -28,17 +28,10 @@ from client.commands.teams import (
     list_teams_command,
     use_command,
 )
-from client.errors import EXIT_FAILURE, EXIT_USAGE, ClientError
+from client.errors import EXIT_FAILURE, EXIT_USAGE
+from client.failures import fail, report_failure
 
 __all__ = ["main"]
-
-DEBUG_ENV = "SFT_DEBUG"
-EXIT_INTERRUPTED = 130
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"sft: error: {message}", err=True)
-    sys.exit(code)
 
 
 def _usage_message(error: click.UsageError) -> str:
@@ -68,28 +61,13 @@ class SftGroup(click.Group):
             click.echo(exc.ctx.get_help())
             sys.exit(0)
         except click.UsageError as exc:
-            _fail(_usage_message(exc), EXIT_USAGE)
+            fail(_usage_message(exc), EXIT_USAGE)
         except click.ClickException as exc:
-            _fail(exc.format_message(), exc.exit_code)
+            fail(exc.format_message(), exc.exit_code)
         except click.Abort:
-            _fail("aborted", EXIT_FAILURE)
-        except ClientError as exc:
-            _fail(exc.message, exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", EXIT_INTERRUPTED)
-        except OSError as exc:
-            if os.environ.get(DEBUG_ENV):
-                raise
-            where = f": {exc.filename}" if exc.filename else ""
-            _fail(f"{exc.strerror or exc}{where}", EXIT_FAILURE)
-        except Exception as exc:
-            if os.environ.get(DEBUG_ENV):
-                raise
-            _fail(
-                f"unexpected failure ({type(exc).__name__}: {exc}); rerun with {DEBUG_ENV}=1 "
-                "and report the traceback",
-                EXIT_FAILURE,
-            )
+            fail("aborted", EXIT_FAILURE)
+        except (Exception, KeyboardInterrupt) as exc:
+            report_failure(exc)
         sys.exit(result if isinstance(result, int) else 0)
 
 

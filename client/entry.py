@@ -11,32 +11,35 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-from client.files import TEAM_ENV, TEAM_NAME, default_home
+from client.files import TEAM_ENV, home_directory, is_team_name
 from client.ssh_args import SSHUsageError, parse_ssh_args
 from client.ssh_cache import SSHCache
 
 __all__ = ["main"]
 
 
-def _team_path(explicit: str | None) -> Path | None:
+def _team_path(explicit: str | None) -> str | None:
     """Return the enrolled team's directory the verb acts on, or None when unsure."""
-    home = default_home()
+    home = home_directory()
     team = explicit or os.environ.get(TEAM_ENV) or ""
     if not team:
         try:
-            team = (home / "current_team").read_text().strip()
+            with open(os.path.join(home, "current_team"), encoding="utf-8") as handle:
+                team = handle.read().strip()
         except OSError:
             return None
-    if not TEAM_NAME.fullmatch(team):
+    if not is_team_name(team):
         return None
-    path = home / "teams" / team
-    return path if (path / "device.json").is_file() else None
+    path = os.path.join(home, "teams", team)
+    return path if os.path.isfile(os.path.join(path, "device.json")) else None
 
 
-def _warm_ssh(args: list[str]) -> None:
-    """Exec ssh when the cache can serve `sft ssh ARGS`; return otherwise."""
+def _ssh(args: list[str]) -> None:
+    """Exec ssh for `sft ssh ARGS`, fetching what the cache lacks without loading the CLI.
+
+    Returns (for the full CLI to handle) on help, a usage error, or no enrolled team.
+    """
     try:
         call = parse_ssh_args(args)
     except SSHUsageError:
@@ -48,15 +51,22 @@ def _warm_ssh(args: list[str]) -> None:
         return
     cache = SSHCache(team_path)
     route = cache.route(call.name, call.via, call.account)
-    if route is None:
-        return
-    from client.ssh_command import ssh_argv
+    if route is not None:
+        from client.ssh_command import ssh_argv
 
-    argv = ssh_argv(cache, route, call)
+        argv = ssh_argv(cache, route, call)
+        try:
+            os.execvp(argv[0], argv)  # noqa: S606 - an argv, never a shell line
+        except OSError:
+            return  # the full CLI says what is wrong
     try:
-        os.execvp(argv[0], argv)  # noqa: S606 - an argv, never a shell line
-    except OSError:
-        return  # the full CLI says what is wrong
+        from client.ssh_run import run_ssh
+
+        run_ssh(call)
+    except (Exception, KeyboardInterrupt) as exc:
+        from client.failures import report_failure
+
+        report_failure(exc)
 
 
 def _split_options(args: list[str], flags: set[str]) -> tuple[dict[str, str], list[str]] | None:
@@ -130,7 +140,7 @@ def main() -> None:
     args = sys.argv[1:]
     verb = args[0] if args else ""
     if verb == "ssh":
-        _warm_ssh(args[1:])
+        _ssh(args[1:])
     elif verb == "proxycommand":
         _warm_proxycommand(args[1:])
     elif verb == "resolve":

@@ -1,24 +1,22 @@
 """Where sft keeps its files and how it writes them: private directories, atomic replaces.
 
-Standard library only (platformdirs loads only when $SFT_HOME is unset), so the
-warm-cache path of `sft ssh` can find its files before anything heavier loads.
+Light on purpose: the warm-cache path of `sft ssh` finds and reads its files through
+this module before anything else loads, so it imports only `os` (and `tempfile` or
+platformdirs when it must). Paths are `str` or `os.PathLike`.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import tempfile
-from pathlib import Path
 
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
     "HOME_ENV",
     "TEAM_ENV",
-    "TEAM_NAME",
-    "default_home",
     "fsync_dir",
+    "home_directory",
+    "is_team_name",
     "make_private_dir",
     "write_atomic",
 ]
@@ -28,21 +26,30 @@ TEAM_ENV = "SFT_TEAM"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
-#: The platform's team name rule; it also keeps a team name from escaping teams/.
-TEAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_TEAM_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_TEAM_REST = _TEAM_FIRST | {"-"}
+
+PathLike = str | os.PathLike[str]
 
 
-def default_home() -> Path:
+def is_team_name(name: str) -> bool:
+    """Return whether `name` follows the platform's team name rule (so it stays in teams/)."""
+    return (
+        0 < len(name) <= 63 and name[0] in _TEAM_FIRST and all(char in _TEAM_REST for char in name)
+    )
+
+
+def home_directory() -> str:
     """Return `$SFT_HOME`, or the per-user config directory for sft."""
     configured = os.environ.get(HOME_ENV, "").strip()
     if configured:
-        return Path(configured).expanduser()
+        return os.path.expanduser(configured)
     import platformdirs
 
-    return platformdirs.user_config_path("sft")
+    return str(platformdirs.user_config_path("sft"))
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: PathLike) -> None:
     """Make a rename or unlink in `directory` durable (a no-op where directories cannot sync)."""
     if os.name != "posix":
         return
@@ -53,11 +60,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+def write_atomic(path: PathLike, data: bytes, mode: int = FILE_MODE) -> None:
     """Replace `path` with `data` in one step, with permissions `mode` from the first byte."""
+    import tempfile
+
+    target = os.fspath(path)
+    directory, name = os.path.split(target)
     # mkstemp makes the file 0600 with a unique name, so two writers never share a temp file.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
+    fd, tmp_name = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             if os.name == "posix":
@@ -65,16 +75,19 @@ def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp_name, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
         raise
-    fsync_dir(path.parent)
+    fsync_dir(directory or ".")
 
 
-def make_private_dir(path: Path) -> None:
+def make_private_dir(path: PathLike) -> None:
     """Create `path` (and its parents) as a 0700 directory if it does not exist."""
-    existed = path.is_dir()
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    existed = os.path.isdir(path)
+    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
     if not existed and os.name == "posix":
-        path.chmod(DIR_MODE)  # mkdir's mode is filtered by the umask
+        os.chmod(path, DIR_MODE)  # makedirs' mode is filtered by the umask

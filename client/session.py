@@ -17,7 +17,6 @@ from types import TracebackType
 
 import grpc.aio
 
-from client.assertions import make_device_assertion
 from client.channels import PlatformCallInterceptor, platform_channel
 from client.platform_url import PlatformURL, parse_platform_url
 from client.state import DeviceRecord, Home, StoredToken, TeamDir
@@ -124,6 +123,8 @@ class Session:
             return await self._login_locked()
 
     async def _login_locked(self) -> LoginResult:
+        from client.assertions import make_device_assertion  # PyJWT: only when logging in
+
         key = self.team_dir.read_device_key()
         assertion = make_device_assertion(key, self.record.device, self._clock())
         stub = token_service_pb2_grpc.TokenServiceStub(self.channel())

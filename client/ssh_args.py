@@ -15,8 +15,6 @@ heavier loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 __all__ = ["SSHInvocation", "SSHUsageError", "parse_ssh_args"]
 
 # ssh(1) options that take an argument (OpenSSH 9), and those that do not.
@@ -29,22 +27,22 @@ class SSHUsageError(ValueError):
     """The command line cannot be understood; the message says what to write instead."""
 
 
-@dataclass
 class SSHInvocation:
-    """What `sft ssh` was asked to do."""
+    """What `sft ssh` was asked to do. (A plain class: dataclasses cost start-up time.)"""
 
-    name: str = ""
-    team: str | None = None
-    project: str | None = None
-    via: list[str] = field(default_factory=list)
-    #: Options passed to ssh as given (never -p, -l, -J).
-    ssh_options: list[str] = field(default_factory=list)
-    #: `-p PORT`: dial this port instead of the one the platform reports.
-    port: int | None = None
-    #: `-l NAME`: log in as this admin account instead of the caller's own.
-    account: str = ""
-    command: list[str] = field(default_factory=list)
-    help: bool = False
+    def __init__(self, name: str = "", team: str | None = None) -> None:
+        self.name = name
+        self.team = team
+        self.project: str | None = None
+        self.via: list[str] = []
+        #: Options passed to ssh as given (never -p, -l, -J).
+        self.ssh_options: list[str] = []
+        #: `-p PORT`: dial this port instead of the one the platform reports.
+        self.port: int | None = None
+        #: `-l NAME`: log in as this admin account instead of the caller's own.
+        self.account = ""
+        self.command: list[str] = []
+        self.help = False
 
 
 def _port(text: str) -> int:

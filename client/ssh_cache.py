@@ -18,17 +18,12 @@ alone and runs ssh without loading gRPC. Writers hold `lock` (see client.ssh_cre
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import re
-import shutil
+import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from client.files import make_private_dir, write_atomic
+from client.files import PathLike, make_private_dir, write_atomic
 
 __all__ = [
     "RENEW_BEFORE_SECONDS",
@@ -44,12 +39,16 @@ __all__ = [
 RENEW_BEFORE_SECONDS = 60.0
 #: When the platform cannot be reached, a cached certificate still good for this long is used.
 USABLE_FOR_SECONDS = 5.0
-#: Names that may become file names: what ssh passes for `%n` with a server's names.
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@%+-]{0,252}")
+_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_NAME_REST = _NAME_FIRST | frozenset(".:@%+-")
 
 
-@dataclass(frozen=True)
-class Hop:
+def safe_name(name: str) -> bool:
+    """Return whether `name` (a server id, or what ssh passes for `%n`) may name a file."""
+    return 0 < len(name) <= 253 and name[0] in _NAME_FIRST and all(c in _NAME_REST for c in name)
+
+
+class Hop(NamedTuple):
     """One jump on the way to a server: an enrolled server (`server`) or a bare address."""
 
     address: str
@@ -57,8 +56,7 @@ class Hop:
     server: str = ""
 
 
-@dataclass(frozen=True)
-class ServerRecord:
+class ServerRecord(NamedTuple):
     """How to reach one server and check that it is the one (from IssueCredentials)."""
 
     server: str  # teams/T/projects/P/servers/ID
@@ -87,7 +85,9 @@ class ServerRecord:
 
     def as_json(self) -> dict[str, Any]:
         """Return the servers/<id>.json form."""
-        return asdict(self)
+        data = self._asdict()
+        data["bastions"] = [hop._asdict() for hop in self.bastions]
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> ServerRecord:
@@ -99,8 +99,7 @@ class ServerRecord:
         return record
 
 
-@dataclass(frozen=True)
-class Credential:
+class Credential(NamedTuple):
     """A cached SSH user certificate for one project (and account) and key."""
 
     project: str
@@ -114,7 +113,7 @@ class Credential:
 
     def as_json(self) -> dict[str, Any]:
         """Return the credentials/<name>.json form."""
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_json(cls, data: Any) -> Credential:
@@ -125,13 +124,12 @@ class Credential:
         return credential
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """Everything needed to run ssh to a server: its record, its hops, their certificates."""
 
     target: ServerRecord
     #: In dial order; each an enrolled server's record or a bare Hop.
-    hops: tuple[ServerRecord | Hop, ...] = field(default_factory=tuple)
+    hops: tuple[ServerRecord | Hop, ...] = ()
 
     def expires(self) -> float:
         """Return when the first certificate on the route needs replacing."""
@@ -141,9 +139,10 @@ class Route:
         )
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: str) -> Any:
     try:
-        return json.loads(path.read_bytes())
+        with open(path, "rb") as handle:
+            return json.loads(handle.read())
     except (OSError, ValueError):
         return None  # a damaged or missing cache entry costs one refresh, nothing more
 
@@ -155,62 +154,67 @@ def _credential_stem(project_id: str, requested_account: str) -> str:
 class SSHCache:
     """One team's SSH cache directory. Reads never fail: damage reads as a miss."""
 
-    def __init__(self, team_path: Path) -> None:
-        self.root = team_path / "ssh"
+    def __init__(self, team_path: PathLike) -> None:
+        self.root = os.path.join(os.fspath(team_path), "ssh")
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
 
     # --- paths ----------------------------------------------------------------------
 
     @property
-    def key_file(self) -> Path:
+    def key_file(self) -> str:
         """Return the private key (OpenSSH format, 0600)."""
-        return self.root / "id_ed25519"
+        return self._path("id_ed25519")
 
     @property
-    def public_key_file(self) -> Path:
+    def public_key_file(self) -> str:
         """Return the public key line."""
-        return self.root / "id_ed25519.pub"
+        return self._path("id_ed25519.pub")
 
     @property
-    def known_hosts_file(self) -> Path:
+    def known_hosts_file(self) -> str:
         """Return the known_hosts file ssh checks host certificates against."""
-        return self.root / "known_hosts"
+        return self._path("known_hosts")
 
     @property
-    def lock_file(self) -> Path:
+    def lock_file(self) -> str:
         """Return the file writers lock (filelock) while they change the cache."""
-        return self.root / "lock"
+        return self._path("lock")
 
     @property
-    def names_file(self) -> Path:
+    def names_file(self) -> str:
         """Return names.json (name typed → server resource)."""
-        return self.root / "names.json"
+        return self._path("names.json")
 
-    def certificate_file(self, project_id: str, requested_account: str = "") -> Path:
+    @property
+    def hosts_dir(self) -> str:
+        """Return the directory of certificates put where plain ssh looks (`%n-cert.pub`)."""
+        return self._path("hosts")
+
+    def certificate_file(self, project_id: str, requested_account: str = "") -> str:
         """Return the certificate file ssh reads for a project (and admin account)."""
         stem = _credential_stem(project_id, requested_account)
-        return self.root / "credentials" / f"{stem}-cert.pub"
+        return self._path("credentials", f"{stem}-cert.pub")
 
-    def _credential_json(self, project_id: str, requested_account: str) -> Path:
-        return self.root / "credentials" / f"{_credential_stem(project_id, requested_account)}.json"
+    def _credential_json(self, project_id: str, requested_account: str) -> str:
+        return self._path("credentials", f"{_credential_stem(project_id, requested_account)}.json")
 
-    def server_file(self, server_id: str) -> Path:
+    def server_file(self, server_id: str) -> str:
         """Return the record of a server."""
-        return self.root / "servers" / f"{server_id}.json"
+        return self._path("servers", f"{server_id}.json")
 
-    def host_certificate_file(self, name: str) -> Path:
+    def host_certificate_file(self, name: str) -> str:
         """Return where plain ssh's `CertificateFile …/hosts/%n-cert.pub` looks for `name`."""
-        if not _SAFE_NAME.fullmatch(name):
+        if not safe_name(name):
             raise ValueError(f"{name!r} cannot name a file")
-        return self.root / "hosts" / f"{name}-cert.pub"
+        return os.path.join(self.hosts_dir, f"{name}-cert.pub")
 
     # --- reads (standard library only) -----------------------------------------------
 
     def public_key(self) -> str | None:
         """Return the public key line, or None when there is no key yet."""
-        try:
-            return self.public_key_file.read_text().strip() or None
-        except OSError:
-            return None
+        return _read_text(self.public_key_file).strip() or None
 
     def names(self) -> dict[str, str]:
         """Return which server resource each typed name meant."""
@@ -222,14 +226,10 @@ class SSHCache:
     def server(self, resource: str) -> ServerRecord | None:
         """Return the cached record of a server resource, or None."""
         server_id = resource.rsplit("/", 1)[-1]
-        if not _SAFE_NAME.fullmatch(server_id):
+        if not safe_name(server_id):
             return None
-        data = _read_json(self.server_file(server_id))
-        try:
-            record = ServerRecord.from_json(data)
-        except (TypeError, ValueError, KeyError, AttributeError):
-            return None
-        return record if record.server == resource else None
+        record = _server_record(self.server_file(server_id))
+        return record if record is not None and record.server == resource else None
 
     def credential(self, project_id: str, requested_account: str = "") -> Credential | None:
         """Return the cached certificate of a project (and account), or None."""
@@ -238,7 +238,7 @@ class SSHCache:
             credential = Credential.from_json(data)
         except (TypeError, ValueError, KeyError):
             return None
-        if not self.certificate_file(project_id, requested_account).is_file():
+        if not os.path.isfile(self.certificate_file(project_id, requested_account)):
             return None
         return credential
 
@@ -300,12 +300,11 @@ class SSHCache:
 
     def ensure_directories(self) -> None:
         """Create the cache directories, 0700."""
-        for path in (self.root, self.root / "credentials", self.root / "servers"):
+        for path in (self.root, self._path("credentials"), self._path("servers")):
             make_private_dir(path)
 
     def store_credential(self, credential: Credential) -> None:
-        """Write a certificate and its record (the certificate first, so a reader never
-        sees a record without its certificate)."""
+        """Write a certificate, then its record (a reader never sees a record alone)."""
         project_id = credential.project.rsplit("/", 1)[-1]
         certificate = self.certificate_file(project_id, credential.requested_account)
         write_atomic(certificate, credential.certificate.strip().encode() + b"\n")
@@ -316,7 +315,7 @@ class SSHCache:
 
     def store_server(self, record: ServerRecord, names: list[str]) -> None:
         """Write a server's record and remember that each of `names` means it."""
-        if not _SAFE_NAME.fullmatch(record.server_id):
+        if not safe_name(record.server_id):
             raise ValueError(f"server id {record.server_id!r} cannot name a file")
         write_atomic(self.server_file(record.server_id), json.dumps(record.as_json()).encode())
         table = self.names()
@@ -334,53 +333,62 @@ class SSHCache:
         for name, resource in self.names().items():
             names_by_server.setdefault(resource, []).append(name)
         lines: list[str] = []
-        directory = self.root / "servers"
-        for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-            try:
-                record = ServerRecord.from_json(_read_json(path))
-            except (TypeError, ValueError, KeyError, AttributeError):
+        directory = self._path("servers")
+        entries = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+        for entry in entries:
+            record = _server_record(os.path.join(directory, entry))
+            if record is None or not entry.endswith(".json"):
                 continue
-            typed = sorted(
-                name
-                for name in names_by_server.get(record.server, [])
-                if _SAFE_NAME.fullmatch(name)
-            )
+            typed = sorted(n for n in names_by_server.get(record.server, []) if safe_name(n))
             lines.extend(_with_patterns(record.known_hosts, typed))
-        text = "".join(dict.fromkeys(lines))
-        try:
-            if self.known_hosts_file.read_text() == text:
-                return
-        except OSError:
-            pass
-        write_atomic(self.known_hosts_file, text.encode())
+        self.write_if_changed(self.known_hosts_file, "".join(dict.fromkeys(lines)))
 
-    def write_if_changed(self, path: Path, text: str) -> None:
+    def write_if_changed(self, path: str, text: str) -> None:
         """Write `text` to `path` (0600, atomic) unless it already holds exactly that."""
-        try:
-            if path.read_text() == text:
-                return
-        except OSError:
-            make_private_dir(path.parent)
+        if os.path.exists(path) and _read_text(path) == text:
+            return
+        make_private_dir(os.path.dirname(path))
         write_atomic(path, text.encode())
 
-    def route_file(self, text: str) -> Path:
+    def route_file(self, text: str) -> str:
         """Return where the hop config with content `text` lives (named by its digest)."""
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        return self.root / "routes" / f"{digest}.conf"
+        import hashlib
 
-    def forget(self) -> list[Path]:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._path("routes", f"{digest}.conf")
+
+    def forget(self) -> list[str]:
         """Delete every cached certificate and server record (the key pair stays)."""
-        removed: list[Path] = []
+        import shutil
+
+        removed: list[str] = []
         for name in ("credentials", "servers", "hosts", "routes"):
-            path = self.root / name
-            if path.is_dir():
+            path = self._path(name)
+            if os.path.isdir(path):
                 shutil.rmtree(path)
                 removed.append(path)
         for path in (self.names_file, self.known_hosts_file):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
         return removed
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, ValueError):
+        return ""
+
+
+def _server_record(path: str) -> ServerRecord | None:
+    try:
+        return ServerRecord.from_json(_read_json(path))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
 
 
 def _with_patterns(known_hosts: str, extra: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ certificate, not ten. Refusals change nothing on disk but the key pair.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING
 import filelock
 
 from client.commands.calls import explain_status
-from client.commands.servers import resolve_server
 from client.device_key import generate_device_key, private_key_openssh, public_key_line
 from client.errors import ClientError
 from client.files import write_atomic
+from client.resolve import resolve_server
 from client.ssh_args import SSHInvocation
 from client.ssh_cache import RENEW_BEFORE_SECONDS, Credential, Hop, Route, ServerRecord, SSHCache
 
@@ -85,7 +86,7 @@ class CredentialFetcher:
     def _ensure_key(self) -> str:
         """Return the public key line, making the key pair first if there is none."""
         existing = self.cache.public_key()
-        if existing is not None and self.cache.key_file.is_file():
+        if existing is not None and os.path.isfile(self.cache.key_file):
             return existing
         key = generate_device_key()
         line = f"{public_key_line(key)} sft-{self.session.team}"

@@ -54,7 +54,8 @@ def install_certificate(cache: SSHCache, route: Route, name: str) -> None:
         )
     source = cache.certificate_file(target.project_id, target.requested_account)
     try:
-        text = source.read_text()
+        with open(source, encoding="utf-8") as handle:
+            text = handle.read()
         destination = cache.host_certificate_file(name)
     except (OSError, ValueError) as exc:
         raise ProxyError(f"cannot read the cached certificate for {name!r}: {exc}") from None

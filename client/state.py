@@ -13,26 +13,26 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
-from client.device_key import load_private_key
 from client.errors import ENROLL_HINT, EXIT_USAGE, ClientError, NotEnrolled
 from client.files import (
     DIR_MODE,
     HOME_ENV,
     TEAM_ENV,
-    TEAM_NAME,
-    default_home,
     fsync_dir,
+    home_directory,
     make_private_dir,
     write_atomic,
 )
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
 
 __all__ = [
     "HOME_ENV",
@@ -46,8 +46,14 @@ __all__ = [
     "write_atomic",
 ]
 
-_TEAM_NAME = TEAM_NAME
+# The platform's team name rule; it also keeps a team name from escaping teams/.
+_TEAM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _STAGING_PREFIX = ".enrolling-"
+
+
+def default_home() -> Path:
+    """Return `$SFT_HOME`, or the per-user config directory for sft."""
+    return Path(home_directory())
 
 
 def check_team_name(team: str) -> str:
@@ -193,6 +199,8 @@ class TeamDir:
 
     def read_device_key(self) -> ed25519.Ed25519PrivateKey:
         """Return the device's private key."""
+        from client.device_key import load_private_key  # cryptography: only when signing
+
         try:
             return load_private_key(self.device_key_file.read_bytes())
         except (OSError, ValueError) as exc:
@@ -224,7 +232,7 @@ class TeamDir:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)
-        return removed + SSHCache(self.path).forget()
+        return removed + [Path(path) for path in SSHCache(self.path).forget()]
 
 
 class Home:

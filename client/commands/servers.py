@@ -35,6 +35,7 @@ from client.output import (
     short_id,
     table_output_option,
 )
+from client.resolve import resolve_server
 from client.state import Home
 
 if TYPE_CHECKING:
@@ -206,36 +207,6 @@ async def list_servers(
             exc, {"NOT_FOUND": "see the projects with `sft admin project list`"}
         ) from None
     return servers
-
-
-def _describe(server: server_pb2.Server) -> str:
-    item = server_json(server)
-    return f"{item['name']} (project {item['project']}, id {item['id']})"
-
-
-async def resolve_server(
-    session: Session, query: str, *, project: str | None = None
-) -> server_pb2.Server:
-    """Return the one server `query` names; raise a ClientError listing several candidates."""
-    from sft.inventory.v1 import server_service_pb2, server_service_pb2_grpc
-
-    stub = server_service_pb2_grpc.ServerServiceStub(session.channel())
-    parent = team_resource(session) + (f"/projects/{project}" if project else "")
-    try:
-        reply: server_service_pb2.ResolveServerResponse = await stub.ResolveServer(
-            server_service_pb2.ResolveServerRequest(parent=parent, query=query)
-        )
-    except ClientError as exc:
-        raise explain_status(
-            exc, {"NOT_FOUND": "see the servers you can reach with `sft list-servers`"}
-        ) from None
-    if reply.HasField("server"):
-        return reply.server
-    candidates = "; ".join(_describe(server) for server in reply.candidates)
-    raise ClientError(
-        f"{query!r} could mean {len(reply.candidates)} servers: {candidates}",
-        hint="name one by its id or canonical name, or narrow with --project",
-    )
 
 
 def _list_text(servers: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:

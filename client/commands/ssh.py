@@ -11,80 +11,26 @@ import os
 import shlex
 import shutil
 import sys
-import time
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import click
 
-from client.commands.calls import run_in_session
 from client.commands.options import team_option
-from client.errors import EXIT_USAGE, ClientError, PlatformUnreachable
-from client.files import TEAM_ENV
+from client.errors import EXIT_USAGE, ClientError
 from client.ssh_args import SSHInvocation, SSHUsageError, parse_ssh_args
-from client.ssh_cache import USABLE_FOR_SECONDS, Route, SSHCache
-from client.ssh_command import SSH_PROGRAM_ENV, ssh_argv
+from client.ssh_cache import SSHCache
 from client.ssh_proxy import ProxyError, hand_over, install_certificate
+from client.ssh_run import route_for, run_ssh, team_or_default
 from client.state import Home
 
 if TYPE_CHECKING:
-    from client.session import Session
+    pass
 
 __all__ = [
-    "exec_ssh",
     "proxycommand_command",
-    "route_for",
     "ssh_command",
     "ssh_config_command",
 ]
-
-
-def _team(explicit: str | None) -> str | None:
-    return explicit or os.environ.get(TEAM_ENV) or None
-
-
-async def _fetch_or_fallback(session: Session, cache: SSHCache, call: SSHInvocation) -> Route:
-    from client.ssh_credentials import CredentialFetcher
-
-    try:
-        return await CredentialFetcher(session, cache).route(call)
-    except PlatformUnreachable as exc:
-        stale = cache.route(call.name, call.via, call.account, margin=USABLE_FOR_SECONDS)
-        if stale is None:
-            raise exc.with_hint(
-                f"no cached certificate for {call.name} is still valid; try again once the "
-                "platform is reachable"
-            ) from None
-        until = time.strftime("%H:%M:%S", time.localtime(stale.expires()))
-        click.echo(
-            f"sft: warning: {exc.reason}; using the cached certificate (valid until {until})",
-            err=True,
-        )
-        return stale
-
-
-def route_for(call: SSHInvocation) -> tuple[SSHCache, Route]:
-    """Return the cache and a usable route for `call`, asking the platform only when needed."""
-    team_dir = Home().enrolled(_team(call.team))
-    cache = SSHCache(team_dir.path)
-    route = cache.route(call.name, call.via, call.account)
-    if route is None:
-        route = run_in_session(
-            team_dir.team, lambda session: _fetch_or_fallback(session, cache, call)
-        )
-    return cache, route
-
-
-def exec_ssh(argv: list[str]) -> NoReturn:
-    """Replace this process with ssh (its exit status and streams become sft's)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execvp(argv[0], argv)  # noqa: S606 - an argv, never a shell line
-    except FileNotFoundError:
-        raise ClientError(
-            f"the OpenSSH client {argv[0]!r} is not installed",
-            hint=f"install it (Debian: openssh-client), or point ${SSH_PROGRAM_ENV} at ssh",
-        ) from None
 
 
 SSH_HELP = """Open a shell (or run COMMAND) on server NAME over OpenSSH.
@@ -143,8 +89,7 @@ def ssh_command(ctx: click.Context, args: tuple[str, ...]) -> None:
     if call.help:
         click.echo(ctx.get_help())
         return
-    cache, route = route_for(call)
-    exec_ssh(ssh_argv(cache, route, call))
+    run_ssh(call)
 
 
 @click.command("proxycommand")
@@ -188,7 +133,7 @@ def _sft_program() -> str:
 
 def ssh_config_text(home: Home, team: str | None) -> str:
     """Return the ~/.ssh/config block that makes plain ssh reach the team's servers by name."""
-    team_dir = home.enrolled(_team(team))
+    team_dir = home.enrolled(team_or_default(team))
     cache = SSHCache(team_dir.path)
     user = team_dir.read_device().user_name
     sft = shlex.quote(_sft_program())
@@ -197,7 +142,6 @@ def ssh_config_text(home: Home, team: str | None) -> str:
     def path(value: object) -> str:
         return '"' + str(value) + '"'
 
-    hosts = cache.root / "hosts"
     return "\n".join(
         [
             f"# sft: reach the servers of team {team_dir.team} by name with plain ssh, scp,",
@@ -207,7 +151,7 @@ def ssh_config_text(home: Home, team: str | None) -> str:
             "    ProxyUseFdpass yes",
             f"    User {user}",
             f"    IdentityFile {path(cache.key_file)}",
-            f"    CertificateFile {path(hosts / '%n-cert.pub')}",
+            f"    CertificateFile {path(os.path.join(cache.hosts_dir, '%n-cert.pub'))}",
             "    IdentitiesOnly yes",
             f"    UserKnownHostsFile {path(cache.known_hosts_file)}",
             "    StrictHostKeyChecking yes",
