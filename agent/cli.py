@@ -124,8 +124,12 @@ def account_sink(config: AgentConfig) -> AccountSink:
 
 
 def host_trust_sink(config: AgentConfig) -> HostTrustSink:
-    """Return where the project's CA keys and host certificates go. sshd wiring plugs in here."""
-    return NoHostTrust()
+    """Return where the project's CA keys and host certificates go: sshd, with ManageSSHD."""
+    if not config.manage_sshd:
+        return NoHostTrust()
+    from agent.sshd import SSHDTrust
+
+    return SSHDTrust(config)
 
 
 async def _serve(daemon: Daemon) -> None:

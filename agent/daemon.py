@@ -370,7 +370,9 @@ class Daemon:
         try:
             await self._host_trust.install(anchors, self.state.read_host_certificates())
         except Exception as exc:
-            log.exception("installing the trust material failed")
+            # The sink's message says what is wrong (one line); the stack is for debugging.
+            log.error("installing the trust material failed", reason=str(exc))
+            log.debug("installing the trust material failed", exc_info=True)
             self._problem("host-trust", f"installing the project's CA keys failed: {exc}")
         else:
             self._problem("host-trust", None)

@@ -7,6 +7,7 @@ Blocking: callers run it in a thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -33,6 +34,8 @@ SSHD = Path("/usr/sbin/sshd")
 COMMAND_TIMEOUT_SECONDS = 30.0
 #: sshd's PidFile when the configuration names none.
 DEFAULT_PID_FILE = Path("/run/sshd.pid")
+#: sshd's privilege-separation directory (Debian's build).
+PRIVSEP_DIR = Path("/run/sshd")
 #: systemd's names for the OpenSSH server (Debian and Ubuntu: ssh; most others: sshd).
 SYSTEMD_UNITS = ("ssh.service", "sshd.service")
 #: Exists exactly when systemd is the running init (what sd_booted() checks).
@@ -72,8 +75,22 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _ensure_privsep_dir() -> None:
+    """Create sshd's privilege-separation directory when it is missing, as its service does.
+
+    `sshd -t` refuses to check anything without it, and on a machine whose sshd is not
+    running (Debian makes it with systemd's RuntimeDirectory) it is often absent.
+    """
+    if os.name != "posix" or os.geteuid() != 0 or PRIVSEP_DIR.exists():
+        return
+    if PRIVSEP_DIR.parent.is_dir():
+        with contextlib.suppress(OSError):
+            PRIVSEP_DIR.mkdir(mode=0o755)
+
+
 def check_config(sshd: Path, config_file: Path) -> str | None:
     """Run `sshd -t -f config_file`; return None if sshd accepts it, else its complaint."""
+    _ensure_privsep_dir()
     try:
         result = _run([str(sshd), "-t", "-f", str(config_file)])
     except (OSError, subprocess.TimeoutExpired) as exc:

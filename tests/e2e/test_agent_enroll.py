@@ -428,12 +428,14 @@ async def test_sftd_runs_as_a_process_and_stops_cleanly_on_sigterm(
         "SSHDConfigFile",
         "LogLevel",
         "ManageAccounts",
+        "ManageSSHD",
     )
     values = config.model_dump(by_alias=True, mode="json")
     values["LogLevel"] = "INFO"
     # This sftd runs on the machine itself, outside any namespace: it must not touch
     # the machine's accounts (tests/e2e/test_agent_accounts.py does that, isolated).
     values["ManageAccounts"] = False
+    values["ManageSSHD"] = False  # nor the machine's sshd (tests/e2e/test_agent_sshd.py does)
     conf.write_text("".join(f"{key}: {json.dumps(values[key])}\n" for key in keys))
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "sftd"),
