@@ -41,7 +41,7 @@ def status_for(error: SftError) -> grpc.StatusCode:
 
 def _request_id(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
     for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and _SAFE_REQUEST_ID.match(value):
+        if key == REQUEST_ID_KEY and isinstance(value, str) and _SAFE_REQUEST_ID.fullmatch(value):
             return value
     return uuid.uuid4().hex
 

@@ -81,7 +81,7 @@ _RESERVED_WINDOWS_NAMES = frozenset(
 
 def check_team_name(name: str) -> str:
     """Return `name` if it is a valid team name, else raise InvalidInput saying why."""
-    if not _TEAM.match(name):
+    if not _TEAM.fullmatch(name):
         raise InvalidInput(
             f"team name {name!r} is not valid: use 1-63 lowercase letters, digits and "
             "dashes, starting and ending with a letter or digit"
@@ -91,7 +91,7 @@ def check_team_name(name: str) -> str:
 
 def check_user_name(name: str) -> str:
     """Return `name` if it can be a user (and server account) name, else raise InvalidInput."""
-    if not _USER.match(name):
+    if not _USER.fullmatch(name):
         raise InvalidInput(
             f"user name {name!r} is not valid: it becomes the server account name, so use "
             "up to 32 lowercase letters, digits, '_' and '-', starting with a letter or '_'"
@@ -105,7 +105,7 @@ def check_user_name(name: str) -> str:
 
 def check_group_name(name: str) -> str:
     """Return `name` if it can be a group (and server unix group) name, else raise."""
-    if not _GROUP.match(name):
+    if not _GROUP.fullmatch(name):
         raise InvalidInput(
             f"group name {name[:80]!r} is not valid: it becomes a unix group on servers, so "
             "use up to 32 lowercase letters, digits, '_' and '-', starting with a letter"
@@ -117,7 +117,7 @@ def check_group_name(name: str) -> str:
 
 def check_project_name(name: str) -> str:
     """Return `name` if it is a valid project id, else raise InvalidInput saying why."""
-    if not _PROJECT.match(name):
+    if not _PROJECT.fullmatch(name):
         raise InvalidInput(
             f"project id {name[:80]!r} is not valid: use 1-63 lowercase letters, digits and "
             "dashes, starting with a letter and ending with a letter or digit"
@@ -127,7 +127,7 @@ def check_project_name(name: str) -> str:
 
 def check_bastion_name(name: str) -> str:
     """Return `name` if it is a valid bastion id, else raise InvalidInput saying why."""
-    if not _PROJECT.match(name):
+    if not _PROJECT.fullmatch(name):
         raise InvalidInput(
             f"bastion id {name[:80]!r} is not valid: use 1-63 lowercase letters, digits and "
             "dashes, starting with a letter and ending with a letter or digit"
@@ -137,7 +137,7 @@ def check_bastion_name(name: str) -> str:
 
 def check_windows_account_name(name: str) -> str:
     """Return `name` if it can be a Windows account name sft creates, else raise."""
-    if not _WINDOWS_ACCOUNT.match(name) or name.endswith("."):
+    if not _WINDOWS_ACCOUNT.fullmatch(name) or name.endswith("."):
         raise InvalidInput(
             f"windows_account_name {name[:80]!r} is not valid: use 1-{WINDOWS_NAME_LIMIT} "
             "letters, digits, '_', '.' and '-', starting with a letter, digit or '_' and "
@@ -152,7 +152,7 @@ def check_windows_account_name(name: str) -> str:
 
 def check_account_name(name: str) -> str:
     """Return `name` if it is a valid shared server account name (Linux or Windows)."""
-    if not (_LINUX_ACCOUNT.match(name) or (_WINDOWS_ACCOUNT.match(name) and name[-1] != ".")):
+    if not (_LINUX_ACCOUNT.fullmatch(name) or (_WINDOWS_ACCOUNT.fullmatch(name) and name[-1] != ".")):
         raise InvalidInput(
             f"account name {name[:80]!r} is not valid: use a Linux account name (up to 32 "
             "lowercase letters, digits, '_' and '-') or a Windows one (up to 20 letters, "
@@ -176,7 +176,7 @@ def check_email(value: str) -> str:
     """Return `value` if it is empty or looks like one email address."""
     if not value:
         return value
-    if len(value) > MAX_EMAIL or not _EMAIL.match(value):
+    if len(value) > MAX_EMAIL or not _EMAIL.fullmatch(value):
         raise InvalidInput(
             f"email {value[:80]!r} is not valid: use one address like name@example.com, "
             f"at most {MAX_EMAIL} characters, or leave it empty"
@@ -208,7 +208,7 @@ def check_host_address(value: str) -> str:
     if (
         not value
         or len(value) > 253
-        or not all(_HOST_LABEL.match(label) for label in labels)
+        or not all(_HOST_LABEL.fullmatch(label) for label in labels)
         or labels[-1].isdigit()
     ):
         raise InvalidInput(

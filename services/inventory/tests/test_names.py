@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from runtime.errors import InvalidInput
@@ -37,6 +37,8 @@ def _accepted(check: object, value: str) -> bool:
 
 
 @given(ANY_TEXT)
+@example("_\n")  # `$` also matches before a final newline: names use fullmatch
+@example("web\n")
 def test_accepted_user_and_group_names_are_portable_unix_names(value: str) -> None:
     for check in (check_user_name, check_group_name):
         if _accepted(check, value):
