@@ -152,7 +152,9 @@ def check_windows_account_name(name: str) -> str:
 
 def check_account_name(name: str) -> str:
     """Return `name` if it is a valid shared server account name (Linux or Windows)."""
-    if not (_LINUX_ACCOUNT.fullmatch(name) or (_WINDOWS_ACCOUNT.fullmatch(name) and name[-1] != ".")):
+    if not (
+        _LINUX_ACCOUNT.fullmatch(name) or (_WINDOWS_ACCOUNT.fullmatch(name) and name[-1] != ".")
+    ):
         raise InvalidInput(
             f"account name {name[:80]!r} is not valid: use a Linux account name (up to 32 "
             "lowercase letters, digits, '_' and '-') or a Windows one (up to 20 letters, "
