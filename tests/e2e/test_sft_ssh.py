@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port
 from tests.support.ssh_world import World, ssh_world
 
 pytestmark = pytest.mark.e2e
@@ -160,3 +161,28 @@ async def test_bad_command_lines_are_usage_errors(world: World) -> None:
         assert ran.returncode == 2, (args, ran.stderr)
         assert words in ran.stderr and "Traceback" not in ran.stderr
     assert not (world.ssh_dir(world.bob) / "credentials").exists()
+
+
+async def test_platform_down_uses_a_cached_certificate_that_still_works(world: World) -> None:
+    bob = world.bob
+    assert (await bob.sft("ssh", "web-1", "--", "true")).returncode == 0
+    # The certificate is inside the renewal margin, and the platform is gone.
+    record_file = world.ssh_dir(bob) / "credentials" / "web.json"
+    record = json.loads(record_file.read_text())
+    record["valid_before"] = time.time() + 40
+    record_file.write_text(json.dumps(record))
+    device_file = bob.home / "teams" / "acme" / "device.json"
+    device = json.loads(device_file.read_text())
+    device["url"] = f"https://127.0.0.1:{free_port()}"
+    device_file.write_text(json.dumps(device))
+    ran = await bob.sft("ssh", "web-1", "--", "id", "-un")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "bob"
+    assert "sft: warning: cannot reach the platform" in ran.stderr
+    assert "using the cached certificate" in ran.stderr
+    # Once nothing cached still works, one line says so.
+    record["valid_before"] = time.time() + 2
+    record_file.write_text(json.dumps(record))
+    line = (await bob.sft("ssh", "web-1", "--", "true")).one_error_line()
+    assert line.startswith("cannot reach the platform")
+    assert "no cached certificate for web-1 is still valid" in line
