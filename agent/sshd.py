@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from agent.sshd_config import (
 )
 from agent.sshd_process import SSHD, ReloadFailed, check_config, find_sshd, reload_sshd
 from agent.state import HostCertificate, TrustAnchors
+from runtime.files import write_atomic
 
 __all__ = ["Installed", "SSHDTrust", "SSHDTrustError"]
 
@@ -66,28 +66,10 @@ def _root_owner() -> tuple[int, int]:
     return (0, 0) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
 
 
-def _write_atomic(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
-    """Replace `path` with `data` in one rename, with `mode` and owner from the first byte."""
+def _write_file(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """Replace `path` atomically with `mode` and owner from the first byte."""
     # The ".sftd" suffix keeps a half-written file out of sshd's `sshd_config.d/*.conf`.
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".sftd")
-    partial = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            if (uid, gid) != (os.geteuid(), os.getegid()):
-                os.fchown(handle.fileno(), uid, gid)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, data, mode, owner=(uid, gid), suffix=".sftd")
 
 
 class _FileChanges:
@@ -134,7 +116,7 @@ class _FileChanges:
             and (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (uid, gid, mode)
         ):
             return
-        _write_atomic(path, data, mode, uid, gid)  # on failure `path` is as it was
+        _write_file(path, data, mode, uid, gid)  # on failure `path` is as it was
         self.before.append(
             _Before(path, None, 0, 0, 0)
             if info is None
@@ -149,7 +131,7 @@ class _FileChanges:
                 if before.content is None:
                     before.path.unlink(missing_ok=True)
                 else:
-                    _write_atomic(before.path, before.content, before.mode, before.uid, before.gid)
+                    _write_file(before.path, before.content, before.mode, before.uid, before.gid)
             except OSError as exc:
                 problems.append(f"{before.path} ({exc.strerror or exc})")
         for directory in reversed(self.made_directories):

@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from runtime.files import write_atomic
 
 __all__ = [
     "DIR_MODE",
@@ -230,30 +231,6 @@ def _parse_time(value: Any) -> dt.datetime:
     return parsed.astimezone(dt.UTC)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` in one step, mode 0600 from the first byte."""
-    # mkstemp makes a uniquely named 0600 file, so no other reader ever sees it open.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if os.name == "posix":
-                os.fchmod(handle.fileno(), FILE_MODE)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself survive a power cut
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-
 def _dump(data: Any) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
@@ -319,7 +296,7 @@ class AgentState:
             raise self._corrupt(name, "not valid JSON") from None
 
     def _write(self, name: str, data: bytes) -> None:
-        _write_atomic(self.path(name), data)
+        write_atomic(self.path(name), data)
 
     # --- the agent key ------------------------------------------------------------------
 

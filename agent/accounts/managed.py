@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from runtime.files import write_atomic
 
 __all__ = ["RECORD_FILE", "CorruptRecord", "ManagedAccount", "ManagedAccounts"]
 
@@ -129,13 +130,7 @@ class ManagedAccounts:
         ]
         text = f'{{"version": {_VERSION}, "accounts": [\n' + ",\n".join(lines) + "\n]}\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(f".{self.path.name}.partial")
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, self.path)
+        write_atomic(self.path, text.encode())
 
 
 def _by_name(account: ManagedAccount) -> str:
