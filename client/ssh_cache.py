@@ -33,6 +33,7 @@ __all__ = [
     "Route",
     "SSHCache",
     "ServerRecord",
+    "known_hosts_patterns",
 ]
 
 #: A certificate this close to its end is replaced before use, so a login never races it.
@@ -318,6 +319,10 @@ class SSHCache:
         if not safe_name(record.server_id):
             raise ValueError(f"server id {record.server_id!r} cannot name a file")
         write_atomic(self.server_file(record.server_id), json.dumps(record.as_json()).encode())
+        self.remember_names(record, names)
+
+    def remember_names(self, record: ServerRecord, names: list[str]) -> None:
+        """Remember that each of `names` means `record`'s server (names.json, if it changed)."""
         table = self.names()
         changed = False
         for name in names:
@@ -391,15 +396,33 @@ def _server_record(path: str) -> ServerRecord | None:
         return None
 
 
+def _ca_line(line: str) -> tuple[list[str], str] | None:
+    """Return (host patterns, key) of an `@cert-authority PATTERNS KEY` line, else None."""
+    parts = line.split(None, 2)
+    if len(parts) == 3 and parts[0] == "@cert-authority":
+        return parts[1].split(","), parts[2]
+    return None
+
+
+def known_hosts_patterns(known_hosts: str) -> set[str]:
+    """Return every host pattern the `@cert-authority` lines of `known_hosts` name."""
+    patterns: set[str] = set()
+    for line in known_hosts.splitlines():
+        parsed = _ca_line(line)
+        if parsed is not None:
+            patterns.update(parsed[0])
+    return patterns
+
+
 def _with_patterns(known_hosts: str, extra: list[str]) -> list[str]:
     """Return the `@cert-authority` lines with `extra` host names added to their patterns."""
     lines = []
     for line in known_hosts.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) == 3 and parts[0] == "@cert-authority" and extra:
-            patterns = parts[1].split(",")
+        parsed = _ca_line(line)
+        if parsed is not None and extra:
+            patterns, key = parsed
             patterns += [name for name in extra if name not in patterns]
-            line = f"{parts[0]} {','.join(patterns)} {parts[2]}"
+            line = f"@cert-authority {','.join(patterns)} {key}"
         if line.strip():
             lines.append(line + "\n")
     return lines

@@ -109,8 +109,10 @@ class CredentialFetcher:
     ) -> ServerRecord:
         now = self._clock()
         record = self.cache.fresh_server(resource, account, now=now, margin=self._margin)
-        if record is None:
-            record = await self._issue(resource, account)
+        if record is not None:
+            self.cache.remember_names(record, list(names))
+            return record
+        record = await self._issue(resource, account)
         self.cache.store_server(record, list(names))
         return record
 

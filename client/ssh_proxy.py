@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 
-from client.ssh_cache import Route, SSHCache
+from client.ssh_cache import Route, SSHCache, known_hosts_patterns
 from client.ssh_command import stdio_forward_argv
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "ProxyError", "hand_over", "install_certificate"]
@@ -30,15 +30,6 @@ class ProxyError(Exception):
     """The connection cannot be made; the message says why, in one line."""
 
 
-def _host_patterns(known_hosts: str) -> set[str]:
-    patterns: set[str] = set()
-    for line in known_hosts.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) == 3 and parts[0] == "@cert-authority":
-            patterns.update(parts[1].split(","))
-    return patterns
-
-
 def install_certificate(cache: SSHCache, route: Route, name: str) -> None:
     """Put the target's certificate where plain ssh looks for `name`; refuse names it would fail.
 
@@ -46,7 +37,7 @@ def install_certificate(cache: SSHCache, route: Route, name: str) -> None:
     one the server's certificate carries (not, say, its id).
     """
     target = route.target
-    if name.lower() not in _host_patterns(target.known_hosts):
+    if name.lower() not in known_hosts_patterns(target.known_hosts):
         canonical = target.canonical_name or target.hostname
         raise ProxyError(
             f"{name!r} is not a name in {canonical}'s host certificate, so ssh would refuse "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import SFT_BIN
 from tests.support.ports import free_port
 from tests.support.ssh_world import World, ssh_world
 
@@ -186,3 +187,21 @@ async def test_platform_down_uses_a_cached_certificate_that_still_works(world: W
     line = (await bob.sft("ssh", "web-1", "--", "true")).one_error_line()
     assert line.startswith("cannot reach the platform")
     assert "no cached certificate for web-1 is still valid" in line
+
+
+async def test_proxycommand_and_ssh_refusals_are_one_line(world: World) -> None:
+    bob = world.bob
+    server_id = world.servers["web-1"].resource.rsplit("/", 1)[-1]
+    # ssh would check the host certificate against the id, which it does not name.
+    by_id = (await bob.sft("proxycommand", server_id)).one_error_line()
+    assert "not a name in web-1's host certificate" in by_id and "`ssh web-1`" in by_id
+    assert not (world.ssh_dir(bob) / "hosts").exists()
+    # --fdpass only works under ssh's ProxyUseFdpass (stdout a socket), not a pipe.
+    piped = (await bob.sft("proxycommand", "--fdpass", "web-1")).one_error_line()
+    assert "ProxyUseFdpass" in piped
+    # A missing ssh client is named, warm cache or not.
+    ran = await bob.run(
+        "env", "SFT_SSH_PROGRAM=/nonexistent/ssh", SFT_BIN, "ssh", "web-1", "--", "true"
+    )
+    line = ran.one_error_line()
+    assert "'/nonexistent/ssh' is not installed" in line and "SFT_SSH_PROGRAM" in line
