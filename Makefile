@@ -21,11 +21,19 @@ $(VENV)/.installed: pyproject.toml
 	  || $(VENV)/bin/pip install -q -e '.[platform,dev]'
 	touch $@
 
+# sslyze pins an older cryptography than sft needs, so it lives in a venv of its own;
+# the broker's TLS tests run its CLI from there (SFT_SSLYZE overrides the path).
+SSLYZE_VENV := .venv-sslyze
+$(SSLYZE_VENV)/.installed:
+	$(PYTHON) -m venv $(SSLYZE_VENV)
+	$(SSLYZE_VENV)/bin/pip install -q 'sslyze>=6.1,<7'
+	touch $@
+
 ## install: create .venv with sft and its development tools
 install: $(VENV)/.installed
 
 ## deps: install the real software the tests run (apt, as root)
-deps:
+deps: $(SSLYZE_VENV)/.installed
 	bash tools/install-system-deps.sh
 
 ## run: migrate, bootstrap a demo team and serve the platform on $(LISTEN)
@@ -75,4 +83,4 @@ bench: install
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(SSLYZE_VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

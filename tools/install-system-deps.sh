@@ -12,6 +12,9 @@ wanted=(
   "ssh openssh-client"
   "/usr/sbin/useradd passwd"
   "/usr/sbin/visudo sudo"
+  "/usr/sbin/xrdp xrdp"
+  "xfreerdp freerdp2-x11"
+  "Xvfb xvfb"
 )
 
 missing=()
