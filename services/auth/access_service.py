@@ -37,7 +37,7 @@ from services.auth.credentials import (
 from services.auth.inventory_calls import InventoryCalls, InventoryRefusal
 from sft.auth.v1 import access_pb2, access_service_pb2, access_service_pb2_grpc, audit_pb2
 from sft.ca.v1 import ca_service_pb2, ca_service_pb2_grpc
-from sft.inventory.v1 import server_pb2, server_service_pb2
+from sft.inventory.v1 import project_pb2, server_pb2, server_service_pb2
 
 __all__ = ["AccessServicer"]
 
@@ -110,6 +110,19 @@ def _connection(
             for hop in access.bastion_hops
         ],
     )
+
+
+def _check_takes_x509(project: project_pb2.Project, server: server_pb2.Server) -> None:
+    """Raise FailedPrecondition unless `server` can take an X.509 (broker) credential."""
+    if not project.rdp_enabled:
+        raise FailedPrecondition(
+            f"project {project.name} does not allow RDP (rdp_enabled is false); ask a project admin"
+        )
+    if not server.broker_port:
+        raise FailedPrecondition(
+            f"server {server.name} runs no broker, so it takes no X.509 credentials; set Broker "
+            "in its sftd.yaml"
+        )
 
 
 class AccessServicer(access_service_pb2_grpc.AccessServiceServicer):
@@ -223,10 +236,16 @@ class AccessServicer(access_service_pb2_grpc.AccessServiceServicer):
             account.name in project.allowed_admin_account_names
             or account_name in project.allowed_admin_account_names
         )
+        if kind == "x509":
+            _check_takes_x509(project, server)
         ca = self._ca()
         request_id = _request_id()
         response = access_service_pb2.IssueCredentialsResponse(
             kind=request.kind, account_name=account_name
+        )
+        # The CA's public material is fetched while it signs: one round trip, not two.
+        authorities_call = ca.GetAuthorities(
+            ca_service_pb2.GetAuthoritiesRequest(project=project.name), timeout=self._timeout
         )
         try:
             if kind == "ssh":
@@ -256,16 +275,6 @@ class AccessServicer(access_service_pb2_grpc.AccessServiceServicer):
                     signed.valid_before,
                 )
             else:
-                if not project.rdp_enabled:
-                    raise FailedPrecondition(
-                        f"project {project.name} does not allow RDP (rdp_enabled is false); "
-                        "ask a project admin"
-                    )
-                if not server.broker_port:
-                    raise FailedPrecondition(
-                        f"server {server.name} runs no broker, so it takes no X.509 "
-                        "credentials; set Broker in its sftd.yaml"
-                    )
                 x509_request = ca_service_pb2.SignClientCertificateRequest(
                     project=project.name,
                     user=identity.user_resource,
@@ -286,11 +295,11 @@ class AccessServicer(access_service_pb2_grpc.AccessServiceServicer):
                     client.valid_after,
                     client.valid_before,
                 )
-            authorities = await ca.GetAuthorities(
-                ca_service_pb2.GetAuthoritiesRequest(project=project.name), timeout=self._timeout
-            )
+            authorities: ca_service_pb2.GetAuthoritiesResponse = await authorities_call
         except grpc.aio.AioRpcError as error:
             raise relay(error, "ca") from None
+        finally:
+            authorities_call.cancel()  # a no-op once it answered
         response.serial = serial
         response.valid_after.CopyFrom(valid_after)
         response.valid_before.CopyFrom(valid_before)
