@@ -31,7 +31,7 @@ from agent.accounts.access import AccountAccess
 from agent.accounts.backend import BackendError
 from agent.accounts.reconcile import name_problem
 from agent.control_client import ENDPOINT_FILE, SOCKET_NAME
-from agent.enrollment import agent_version
+from agent.facts import agent_version
 from agent.paths import current_os
 from agent.state import AgentState, StateError, StatusReport
 from runtime.clock import Clock, timestamp, utc_now

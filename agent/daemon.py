@@ -23,15 +23,9 @@ import structlog
 
 from agent.accounts.model import DesiredAccount, DesiredState
 from agent.config import AgentConfig, ConfigError
-from agent.enrollment import (
-    Enrollment,
-    EnrollmentTimings,
-    facts_message,
-    gather_facts,
-    host_certificates,
-    read_host_keys,
-    trust_anchors,
-)
+from agent.enrollment import Enrollment, EnrollmentTimings
+from agent.facts import facts_message, gather_facts
+from agent.host_keys import host_certificates, read_host_keys, trust_anchors
 from agent.platform import CALL_TIMEOUT_SECONDS, AgentSession, is_transient, parse_platform_url
 from agent.state import AgentState, HostCertificate, ServerIdentity, StatusReport, TrustAnchors
 from runtime.backoff import Backoff

@@ -1,4 +1,4 @@
-"""Enrolling this server with the token file, and the facts sftd reports about it.
+"""Enrolling this server with the token file.
 
 Pins the platform before sending anything (the token carries the CA's SHA-256), keeps
 the agent key across failed attempts (re-enrollment with the same key and token is
@@ -11,20 +11,10 @@ backoff for a platform that is down. Never logs the token.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
 import datetime as dt
-import hashlib
-import importlib
-import importlib.metadata
-import ipaddress
-import re
-import socket
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -32,9 +22,9 @@ import grpc.aio
 import structlog
 from cryptography.hazmat.primitives import serialization
 
-from agent import paths
 from agent.config import AgentConfig, ConfigError
-from agent.paths import OSFamily
+from agent.facts import facts_message, gather_facts
+from agent.host_keys import HostKey, host_certificates, read_host_keys, trust_anchors
 from agent.platform import (
     CALL_TIMEOUT_SECONDS,
     PinMismatch,
@@ -45,332 +35,21 @@ from agent.platform import (
     is_transient,
     platform_channel,
 )
-from agent.state import AgentKey, AgentState, HostCertificate, ServerIdentity, TrustAnchors
+from agent.state import AgentKey, AgentState, ServerIdentity
 from runtime.backoff import Backoff
 from runtime.errors import InvalidInput
 from runtime.pinned_codes import CodeKind, PinnedCode
-from sft.inventory.v1 import agent_pb2, agent_service_pb2, agent_service_pb2_grpc, server_pb2
+from sft.inventory.v1 import agent_service_pb2, agent_service_pb2_grpc
 
-__all__ = [
-    "Enrollment",
-    "EnrollmentTimings",
-    "HostKey",
-    "ServerFacts",
-    "agent_version",
-    "facts_message",
-    "gather_facts",
-    "host_certificates",
-    "host_key_paths",
-    "local_addresses",
-    "read_host_keys",
-    "trust_anchors",
-]
+__all__ = ["Enrollment", "EnrollmentTimings"]
 
 log = structlog.get_logger("sftd.enrollment")
-
-MAX_HOST_KEYS = 8
-MAX_ADDRESSES = 64
-_HOST_KEY_TYPES = frozenset(
-    {
-        "ssh-ed25519",
-        "ssh-rsa",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    }
-)
-# sshd_config lines: `Keyword value` or `Keyword=value`.
-_SSHD_LINE = re.compile(r"([A-Za-z]+)(?:\s*=\s*|\s+)(.*)")
-_OS_ENUM = {
-    "linux": server_pb2.OPERATING_SYSTEM_LINUX,
-    "windows": server_pb2.OPERATING_SYSTEM_WINDOWS,
-}
 
 Clock = Callable[[], dt.datetime]
 
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-# --- facts ------------------------------------------------------------------------------
-
-
-def agent_version() -> str:
-    """Return sftd's version, e.g. `0.1.0`."""
-    try:
-        return importlib.metadata.version("sft")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-@dataclass(frozen=True)
-class ServerFacts:
-    """What sftd reports about its server, from the OS and sftd.yaml."""
-
-    hostname: str
-    os: OSFamily
-    addresses: tuple[str, ...]
-    canonical_name: str = ""
-    alt_names: tuple[str, ...] = ()
-    labels: dict[str, str] = field(default_factory=dict)
-    access_address: str = ""
-    ssh_port: int = 22
-    #: 0 when sftd runs no broker.
-    broker_port: int = 0
-    bastion: str = ""
-    agent_version: str = ""
-
-
-def _reportable(text: str) -> str | None:
-    """Return `text` as a normalised address if a client could use it, else None."""
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if address.is_loopback or address.is_link_local or address.is_unspecified:
-        return None
-    if address.is_multicast:
-        return None
-    return str(address)
-
-
-def _psutil_addresses() -> list[str] | None:
-    try:
-        psutil = importlib.import_module("psutil")
-    except ImportError:
-        return None
-    found = []
-    for entries in psutil.net_if_addrs().values():
-        for entry in entries:
-            if entry.family in (socket.AF_INET, socket.AF_INET6):
-                found.append(str(entry.address))
-    return found
-
-
-def _outbound_address(family: socket.AddressFamily, probe: str) -> str | None:
-    # connect() on a UDP socket sends nothing; it only asks the kernel which source
-    # address it would use for that destination (documentation prefixes, never real).
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect((probe, 9))
-            return str(sock.getsockname()[0])
-    except OSError:
-        return None
-
-
-def local_addresses() -> tuple[str, ...]:
-    """Return this machine's addresses a client could dial: no loopback or link-local."""
-    candidates = _psutil_addresses()
-    if candidates is None:
-        candidates = []
-        for name in {socket.gethostname(), socket.getfqdn()}:
-            with contextlib.suppress(OSError):
-                candidates += [str(info[4][0]) for info in socket.getaddrinfo(name, None)]
-        for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
-            address = _outbound_address(family, probe)
-            if address is not None:
-                candidates.append(address)
-    seen: dict[str, None] = {}
-    for text in candidates:
-        address = _reportable(text)
-        if address is not None:
-            seen.setdefault(address)
-    return tuple(seen)[:MAX_ADDRESSES]
-
-
-def interface_address(name: str) -> str | None:
-    """Return the first usable address of network interface `name` (IPv4 preferred)."""
-    try:
-        psutil = importlib.import_module("psutil")
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        entries = psutil.net_if_addrs().get(name, [])
-        ranked = sorted(entries, key=lambda entry: entry.family != socket.AF_INET)
-        for entry in ranked:
-            if entry.family in (socket.AF_INET, socket.AF_INET6):
-                address = _reportable(str(entry.address))
-                if address is not None:
-                    return address
-        return None
-    if sys.platform != "linux":
-        return None
-    import fcntl
-    import struct
-
-    siocgifaddr = 0x8915
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            packed = fcntl.ioctl(
-                sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15])
-            )
-    except OSError:
-        return None
-    return _reportable(socket.inet_ntoa(packed[20:24]))
-
-
-def gather_facts(
-    config: AgentConfig,
-    *,
-    hostname: Callable[[], str] = socket.gethostname,
-    addresses: Callable[[], tuple[str, ...]] = local_addresses,
-    interface: Callable[[str], str | None] = interface_address,
-    os_family: Callable[[], OSFamily] | None = None,
-) -> ServerFacts:
-    """Return the facts to report now. Blocking (name lookups); run it in a thread."""
-    access_address = config.access_address or ""
-    if config.access_interface:
-        access_address = interface(config.access_interface) or ""
-        if not access_address:
-            log.warning(
-                "AccessInterface has no usable address; reporting none",
-                interface=config.access_interface,
-            )
-    return ServerFacts(
-        hostname=hostname(),
-        os=(os_family or paths.current_os)(),
-        addresses=addresses(),
-        canonical_name=config.canonical_name or "",
-        alt_names=config.alt_names,
-        labels=dict(config.labels),
-        access_address=access_address,
-        ssh_port=config.sshd_port,
-        broker_port=config.broker_port if config.broker else 0,
-        bastion=config.bastion or "",
-        agent_version=agent_version(),
-    )
-
-
-def facts_message(facts: ServerFacts) -> agent_pb2.ServerFacts:
-    """Return `facts` as the protobuf the agent API takes."""
-    return agent_pb2.ServerFacts(
-        hostname=facts.hostname,
-        canonical_name=facts.canonical_name,
-        alt_names=list(facts.alt_names),
-        labels=facts.labels,
-        os=_OS_ENUM[facts.os],
-        addresses=list(facts.addresses),
-        access_address=facts.access_address,
-        ssh_port=facts.ssh_port,
-        broker_port=facts.broker_port,
-        agent_version=facts.agent_version,
-        bastion=facts.bastion,
-    )
-
-
-# --- host keys --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HostKey:
-    """One of sshd's host keys: where its private half is, and its public line."""
-
-    path: Path
-    public_line: str
-    fingerprint: str
-
-
-def host_key_paths(sshd_config_file: Path, defaults: tuple[Path, ...]) -> tuple[Path, ...]:
-    """Return the private host key paths `HostKey` names in sshd_config, else sshd's defaults.
-
-    Reads the main file only (no Include) and stops at the first Match block, where
-    sshd does not allow HostKey anyway.
-    """
-    try:
-        text = sshd_config_file.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return defaults
-    named: list[Path] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _SSHD_LINE.fullmatch(line)
-        if match is None:
-            continue
-        keyword, value = match.group(1).lower(), match.group(2).strip()
-        if keyword == "match":
-            break
-        if keyword == "hostkey" and value:
-            named.append(Path(value.strip('"')))
-    return tuple(named) or defaults
-
-
-def _parse_public_line(text: str) -> tuple[str, str] | None:
-    """Return (`type base64`, fingerprint) for an OpenSSH public key line, else None."""
-    parts = text.split()
-    if len(parts) < 2 or parts[0] not in _HOST_KEY_TYPES:
-        return None
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    # The blob starts with its own type as an SSH string; a mismatch means a damaged file.
-    if blob[4 : 4 + len(parts[0])] != parts[0].encode():
-        return None
-    fingerprint = "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    return f"{parts[0]} {parts[1]}", fingerprint
-
-
-def read_host_keys(config: AgentConfig) -> tuple[HostKey, ...]:
-    """Return sshd's host public keys (from `<HostKey>.pub`), existing ones only, at most 8."""
-    key_paths = host_key_paths(config.sshd_config_file, paths.default_paths().host_key_files)
-    found: dict[str, HostKey] = {}
-    for path in key_paths:
-        public = path.with_name(path.name + ".pub")
-        try:
-            text = public.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            log.debug("no readable public half of a host key", host_key=str(path))
-            continue
-        parsed = _parse_public_line(text)
-        if parsed is None:
-            log.warning("not an OpenSSH public key; skipping it", file=str(public))
-            continue
-        line, fingerprint = parsed
-        found.setdefault(fingerprint, HostKey(path, line, fingerprint))
-    return tuple(found.values())[:MAX_HOST_KEYS]
-
-
-# --- what the platform returns ----------------------------------------------------------
-
-
-def trust_anchors(message: agent_pb2.TrustAnchors) -> TrustAnchors:
-    """Return the trust anchors in `message` as plain values."""
-    return TrustAnchors(message.trusted_user_ca_keys, message.x509_ca_bundle_pem)
-
-
-def host_certificates(
-    keys: tuple[HostKey, ...], messages: list[agent_pb2.HostCertificate]
-) -> tuple[HostCertificate, ...]:
-    """Pair each returned certificate with the host key file it certifies."""
-    by_fingerprint = {key.fingerprint: key for key in keys}
-    paired = []
-    for message in messages:
-        key = by_fingerprint.get(message.host_key_fingerprint)
-        if key is None:
-            log.warning(
-                "the platform certified a host key sftd did not send; ignoring it",
-                fingerprint=message.host_key_fingerprint,
-            )
-            continue
-        paired.append(
-            HostCertificate(
-                host_key_file=str(key.path),
-                host_key_fingerprint=message.host_key_fingerprint,
-                certificate=message.certificate,
-                principals=tuple(message.principals),
-                valid_after=message.valid_after.ToDatetime(tzinfo=dt.UTC),
-                valid_before=message.valid_before.ToDatetime(tzinfo=dt.UTC),
-            )
-        )
-    return tuple(paired)
-
-
-# --- enrollment ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

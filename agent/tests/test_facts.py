@@ -10,13 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from agent import paths
 from agent.config import AgentConfig
-from agent.enrollment import (
-    facts_message,
-    gather_facts,
-    host_key_paths,
-    local_addresses,
-    read_host_keys,
-)
+from agent.facts import facts_message, gather_facts, local_addresses
+from agent.host_keys import host_key_paths, read_host_keys
 from sft.inventory.v1 import server_pb2
 
 
