@@ -50,6 +50,12 @@ _LOG_LEVELS: dict[str, LogLevel] = {
     "error": "error",
 }
 DEFAULT_BROKER_PORT = 4421
+# Every IPv4 address: the broker is the one part of a server that clients dial.
+DEFAULT_BROKER_LISTEN_ADDRESS = "0.0.0.0"
+DEFAULT_BROKER_USER = "sft-broker"
+# useradd's rule for a portable user name (shadow-utils), at most 32 characters.
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_PRIVILEGED_USERS = frozenset({"root", "toor"})
 DEFAULT_SSHD_PORT = 22
 DEFAULT_RDP_TARGET = "127.0.0.1:3389"
 DEFAULT_SESSION_GRACE_PERIOD_SECONDS = 60
@@ -135,6 +141,31 @@ def _host_port(value: str) -> str:
     return value.strip()
 
 
+def _listen_address(value: str) -> str:
+    text = value.strip().removeprefix("[").removesuffix("]")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(
+            "must be an IP address of this machine to listen on, e.g. 0.0.0.0 (every IPv4 "
+            f"address), :: or 127.0.0.1, not {value!r}"
+        ) from None
+
+
+def _user_name(value: str) -> str:
+    if not _USER_NAME.fullmatch(value):
+        raise ValueError(
+            "must be a user name of 1 to 32 characters a-z 0-9 _ - (starting with a letter "
+            f"or _), not {value!r}"
+        )
+    if value in _PRIVILEGED_USERS:
+        raise ValueError(
+            f"must not be {value!r}: the broker listens to the network and runs with the "
+            "least privilege, never as root"
+        )
+    return value
+
+
 def _interface(value: str) -> str:
     if not _INTERFACE.fullmatch(value):
         raise ValueError(f"must be a network interface name such as eth0, not {value!r}")
@@ -195,6 +226,14 @@ class AgentConfig(BaseModel):
         default_factory=lambda: paths.current_os() == "windows"
     )
     broker_port: Annotated[Port, Field(alias="BrokerPort")] = DEFAULT_BROKER_PORT
+    #: The address the broker listens on (with BrokerPort); 0.0.0.0 is every IPv4 address.
+    broker_listen_address: Annotated[
+        StrictStr, Field(alias="BrokerListenAddress"), AfterValidator(_listen_address)
+    ] = DEFAULT_BROKER_LISTEN_ADDRESS
+    #: Linux: the system user the broker runs as; sftd (as root) creates it if missing.
+    broker_user: Annotated[StrictStr, Field(alias="BrokerUser"), AfterValidator(_user_name)] = (
+        DEFAULT_BROKER_USER
+    )
     rdp_target: Annotated[StrictStr, Field(alias="RDPTarget"), AfterValidator(_host_port)] = (
         DEFAULT_RDP_TARGET
     )
@@ -209,6 +248,11 @@ class AgentConfig(BaseModel):
             raise ValueError(
                 "AccessAddress and AccessInterface are both set; set one "
                 "(AccessAddress names the address, AccessInterface the NIC to take it from)"
+            )
+        if self.broker and not self.manage_accounts:
+            raise ValueError(
+                "Broker is true but ManageAccounts is false; the broker enables accounts "
+                "through sftd's account management: set ManageAccounts: true, or Broker: false"
             )
         return self
 

@@ -27,9 +27,11 @@ SSHDPort: 2222
 StateDir: /srv/sftd/state
 LogDir: /srv/sftd/log
 ManageSSHD: false
-ManageAccounts: false
+ManageAccounts: true
 Broker: true
 BrokerPort: 14421
+BrokerListenAddress: '::'
+BrokerUser: rdp-broker
 RDPTarget: 10.0.0.5:3390
 SessionGracePeriod: 300
 """
@@ -68,12 +70,14 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     assert config.state_dir == Path("/srv/sftd/state")
     assert config.log_dir == Path("/srv/sftd/log")
     assert config.manage_sshd is False
-    assert config.manage_accounts is False
+    assert config.manage_accounts is True
     assert config.broker is True
     assert config.broker_port == 14421
+    assert config.broker_listen_address == "::"
+    assert config.broker_user == "rdp-broker"
     assert config.rdp_target == "10.0.0.5:3390"
     assert config.session_grace_period_seconds == 300
-    assert len(config.key_names) == 21
+    assert len(config.key_names) == 23
 
 
 def test_access_interface_is_read(tmp_path: Path) -> None:
@@ -96,6 +100,8 @@ def test_linux_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.manage_accounts is True
     assert config.broker is False
     assert config.broker_port == 4421
+    assert config.broker_listen_address == "0.0.0.0"
+    assert config.broker_user == "sft-broker"
     assert config.rdp_target == "127.0.0.1:3389"
     assert config.session_grace_period_seconds == 60
     assert paths.default_paths().config_file == Path("/etc/sft/sftd.yaml")
@@ -142,6 +148,16 @@ def test_an_unknown_key_is_named_with_the_known_ones(tmp_path: Path) -> None:
     assert "SSHDPort" in message and "InitialURL" in message
 
 
+def test_management_can_be_turned_off(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "ManageAccounts: false\nManageSSHD: false\n"))
+    assert config.manage_accounts is False and config.manage_sshd is False
+
+
+def test_a_broker_listen_address_is_normalised(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "BrokerListenAddress: '[::1]'\n"))
+    assert config.broker_listen_address == "::1"
+
+
 def test_snake_case_names_are_not_keys(tmp_path: Path) -> None:
     assert "unknown key 'sshd_port'" in _error(tmp_path, "sshd_port: 22\n")
 
@@ -167,6 +183,17 @@ def test_snake_case_names_are_not_keys(tmp_path: Path) -> None:
         ("Labels: {'bad key': x}\n", "label key 'bad key' must be"),
         ("Labels: {env: 'a,b'}\n", "label env: value 'a,b' must be"),
         ("RDPTarget: localhost\n", "RDPTarget: must be HOST:PORT"),
+        ("BrokerListenAddress: broker.example.com\n", "BrokerListenAddress: must be an IP"),
+        ("BrokerListenAddress: 0.0.0.0:4421\n", "BrokerListenAddress: must be an IP"),
+        ("BrokerListenAddress: 4421\n", "BrokerListenAddress: must be text"),
+        ("BrokerUser: root\n", "BrokerUser: must not be 'root': the broker listens"),
+        ("BrokerUser: 'Bad User'\n", "BrokerUser: must be a user name of 1 to 32"),
+        ("BrokerUser: '-x'\n", "BrokerUser: must be a user name"),
+        ("BrokerUser: " + "b" * 33 + "\n", "BrokerUser: must be a user name"),
+        (
+            "Broker: true\nManageAccounts: false\n",
+            "Broker is true but ManageAccounts is false",
+        ),
         ("SessionGracePeriod: -1\n", "SessionGracePeriod: must be at least 0"),
         ("StateDir: relative/dir\n", "StateDir: must be an absolute path"),
         ("CanonicalName: ''\n", "CanonicalName: must be 1 to 253 characters"),
