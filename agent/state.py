@@ -5,7 +5,9 @@ Layout: `agent_key` (Ed25519, OpenSSH format; never leaves the machine) and
 `host_certificates.json`, `trusted_user_ca_keys.pub`, `x509_ca_bundle.pem`,
 `accounts.json` (last applied revision), `server.json` (the identity, written last:
 its presence means "enrolled"), and `status.json` (a report for `sftd status`).
-The directory is 0700 and every file 0600, replaced atomically. A file that cannot
+The directory is 0700 (0710 for the broker's group, traverse only, when the broker
+runs as its own user: it reaches `broker/` and `control.sock`) and every file 0600,
+replaced atomically. A file that cannot
 be read is refused with a StateError naming it, and never overwritten. Knows no network.
 """
 
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from runtime.files import write_atomic
 
 __all__ = [
+    "BROKER_DIR_MODE",
     "DIR_MODE",
     "FILE_MODE",
     "AgentKey",
@@ -40,6 +43,8 @@ __all__ = [
 ]
 
 DIR_MODE = 0o700
+#: With a broker user: its group may traverse (reach named files), never list or write.
+BROKER_DIR_MODE = 0o710
 FILE_MODE = 0o600
 
 
@@ -186,6 +191,8 @@ class StatusReport:
     applied_revision: int = 0
     managed_accounts: int = 0
     problems: tuple[str, ...] = field(default_factory=tuple)
+    #: disabled, starting, running or failed; None when nothing reported it (no daemon).
+    broker_state: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """Return the status.json form."""
@@ -219,6 +226,7 @@ class StatusReport:
             applied_revision=int(data["applied_revision"]),
             managed_accounts=int(data["managed_accounts"]),
             problems=tuple(str(p) for p in problems),
+            broker_state=broker if isinstance(broker := data.get("broker_state"), str) else None,
         )
 
 
@@ -255,12 +263,22 @@ class AgentState:
         """Return the path of state file `name`."""
         return self.directory / name
 
-    def ensure_directory(self) -> None:
-        """Create the state dir 0700 (tightening an existing one: it holds a private key)."""
+    def ensure_directory(self, *, group: int | None = None) -> None:
+        """Create the state dir 0700 (tightening an existing one: it holds a private key).
+
+        With `group` (the broker's, when it runs as another user): 0710 and that group,
+        so the broker can reach its files and the control socket, and list nothing.
+        """
+        mode = DIR_MODE if group is None else BROKER_DIR_MODE
         try:
             self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-            if os.name == "posix" and self.directory.stat().st_mode & 0o777 != DIR_MODE:
-                self.directory.chmod(DIR_MODE)
+            if os.name != "posix":
+                return
+            info = self.directory.stat()
+            if group is not None and info.st_gid != group:
+                os.chown(self.directory, -1, group)
+            if info.st_mode & 0o777 != mode:
+                self.directory.chmod(mode)
         except OSError as exc:
             raise StateError(
                 f"cannot use {self.directory} as the state dir ({exc.strerror or exc}); run "
