@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +74,11 @@ def tunnel_error(code: grpc.StatusCode, details: str | None) -> SftError:
 
 def abort_writer(writer: asyncio.StreamWriter) -> None:
     """Close `writer`'s connection at once, discarding unsent bytes (an RST, not a FIN)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        # Linger on with a zero timeout: close() then resets instead of finishing politely.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 
 
