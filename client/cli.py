@@ -21,6 +21,7 @@ import click
 from client.commands.admin import admin_group
 from client.commands.enrollment import enroll_command, unenroll_command
 from client.commands.login import login_command, logout_command
+from client.commands.rdp import rdp_command
 from client.commands.servers import list_servers_command, resolve_command
 from client.commands.ssh import proxycommand_command, ssh_command, ssh_config_command
 from client.commands.teams import (
@@ -101,6 +102,7 @@ for _command in (
     ssh_command,
     ssh_config_command,
     proxycommand_command,
+    rdp_command,
     admin_group,
 ):
     main.add_command(_command)

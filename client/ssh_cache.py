@@ -33,7 +33,11 @@ __all__ = [
     "Route",
     "SSHCache",
     "ServerRecord",
+    "TeamCache",
     "known_hosts_patterns",
+    "read_json",
+    "read_names",
+    "safe_name",
 ]
 
 #: A certificate this close to its end is replaced before use, so a login never races it.
@@ -140,7 +144,8 @@ class Route(NamedTuple):
         )
 
 
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
+    """Return the JSON in `path`, or None when it is missing or damaged."""
     try:
         with open(path, "rb") as handle:
             return json.loads(handle.read())
@@ -148,18 +153,60 @@ def _read_json(path: str) -> Any:
         return None  # a damaged or missing cache entry costs one refresh, nothing more
 
 
+def read_names(path: str) -> dict[str, str]:
+    """Return a names.json table (name typed → server resource); damage reads as empty."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def _credential_stem(project_id: str, requested_account: str) -> str:
     return f"{project_id}@{requested_account}" if requested_account else project_id
 
 
-class SSHCache:
-    """One team's SSH cache directory. Reads never fail: damage reads as a miss."""
+class TeamCache:
+    """A credential cache directory of one team (`teams/<team>/<kind>/`): its lock and the
+    names.json table of which server each typed name meant. SSH's and RDP's share this."""
+
+    kind = ""
 
     def __init__(self, team_path: PathLike) -> None:
-        self.root = os.path.join(os.fspath(team_path), "ssh")
+        self.root = os.path.join(os.fspath(team_path), self.kind)
 
     def _path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
+
+    @property
+    def lock_file(self) -> str:
+        """Return the file writers lock (filelock) while they change the cache."""
+        return self._path("lock")
+
+    @property
+    def names_file(self) -> str:
+        """Return names.json (name typed → server resource)."""
+        return self._path("names.json")
+
+    def names(self) -> dict[str, str]:
+        """Return which server resource each typed name meant."""
+        return read_names(self.names_file)
+
+    def remember_names(self, resource: str, names: list[str]) -> None:
+        """Remember that each of `names` means server `resource` (names.json, if it changed)."""
+        table = self.names()
+        changed = False
+        for name in names:
+            if table.get(name) != resource:
+                table[name] = resource
+                changed = True
+        if changed:
+            write_atomic(self.names_file, json.dumps(table, sort_keys=True).encode())
+
+
+class SSHCache(TeamCache):
+    """One team's SSH cache directory. Reads never fail: damage reads as a miss."""
+
+    kind = "ssh"
 
     # --- paths ----------------------------------------------------------------------
 
@@ -177,16 +224,6 @@ class SSHCache:
     def known_hosts_file(self) -> str:
         """Return the known_hosts file ssh checks host certificates against."""
         return self._path("known_hosts")
-
-    @property
-    def lock_file(self) -> str:
-        """Return the file writers lock (filelock) while they change the cache."""
-        return self._path("lock")
-
-    @property
-    def names_file(self) -> str:
-        """Return names.json (name typed → server resource)."""
-        return self._path("names.json")
 
     @property
     def hosts_dir(self) -> str:
@@ -217,13 +254,6 @@ class SSHCache:
         """Return the public key line, or None when there is no key yet."""
         return _read_text(self.public_key_file).strip() or None
 
-    def names(self) -> dict[str, str]:
-        """Return which server resource each typed name meant."""
-        data = _read_json(self.names_file)
-        if not isinstance(data, dict):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
-
     def server(self, resource: str) -> ServerRecord | None:
         """Return the cached record of a server resource, or None."""
         server_id = resource.rsplit("/", 1)[-1]
@@ -234,7 +264,7 @@ class SSHCache:
 
     def credential(self, project_id: str, requested_account: str = "") -> Credential | None:
         """Return the cached certificate of a project (and account), or None."""
-        data = _read_json(self._credential_json(project_id, requested_account))
+        data = read_json(self._credential_json(project_id, requested_account))
         try:
             credential = Credential.from_json(data)
         except (TypeError, ValueError, KeyError):
@@ -281,13 +311,29 @@ class SSHCache:
         target = self.lookup(name, requested_account, now=now, margin=margin)
         if target is None:
             return None
+        hops = self.hops(via, target.bastions, now=now, margin=margin)
+        return None if hops is None else Route(target, hops)
+
+    def hops(
+        self,
+        via: list[str],
+        bastions: tuple[Hop, ...],
+        *,
+        now: float | None = None,
+        margin: float = RENEW_BEFORE_SECONDS,
+    ) -> tuple[ServerRecord | Hop, ...] | None:
+        """Return the hops through `via` (names), then `bastions`, if each is fresh, else None.
+
+        `sft rdp` asks this for its bastion chain: the same hops `sft ssh` would make.
+        """
+        now = time.time() if now is None else now
         hops: list[ServerRecord | Hop] = []
         for hop_name in via:
             record = self.lookup(hop_name, now=now, margin=margin)
             if record is None:
                 return None
             hops.append(record)
-        for bastion in target.bastions:
+        for bastion in bastions:
             if not bastion.server:
                 hops.append(bastion)
                 continue
@@ -295,7 +341,7 @@ class SSHCache:
             if record is None:
                 return None
             hops.append(record)
-        return Route(target, tuple(hops))
+        return tuple(hops)
 
     # --- writes (under the lock) -------------------------------------------------------
 
@@ -319,18 +365,7 @@ class SSHCache:
         if not safe_name(record.server_id):
             raise ValueError(f"server id {record.server_id!r} cannot name a file")
         write_atomic(self.server_file(record.server_id), json.dumps(record.as_json()).encode())
-        self.remember_names(record, names)
-
-    def remember_names(self, record: ServerRecord, names: list[str]) -> None:
-        """Remember that each of `names` means `record`'s server (names.json, if it changed)."""
-        table = self.names()
-        changed = False
-        for name in names:
-            if table.get(name) != record.server:
-                table[name] = record.server
-                changed = True
-        if changed:
-            write_atomic(self.names_file, json.dumps(table, sort_keys=True).encode())
+        self.remember_names(record.server, names)
 
     def rebuild_known_hosts(self) -> None:
         """Write known_hosts from every cached server record (the names typed for it included)."""
@@ -391,7 +426,7 @@ def _read_text(path: str) -> str:
 
 def _server_record(path: str) -> ServerRecord | None:
     try:
-        return ServerRecord.from_json(_read_json(path))
+        return ServerRecord.from_json(read_json(path))
     except (TypeError, ValueError, KeyError, AttributeError):
         return None
 

@@ -8,9 +8,10 @@ certificate, not ten. Refusals change nothing on disk but the key pair.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import filelock
@@ -27,12 +28,30 @@ if TYPE_CHECKING:
     from client.session import Session
     from sft.auth.v1 import access_service_pb2
 
-__all__ = ["LOCK_TIMEOUT_SECONDS", "CredentialFetcher"]
+__all__ = ["LOCK_TIMEOUT_SECONDS", "CredentialFetcher", "cache_lock"]
 
 #: How long an `sft` waits for another one that is fetching credentials for the same team.
 LOCK_TIMEOUT_SECONDS = 60.0
 
 Clock = Callable[[], float]
+
+
+@contextlib.asynccontextmanager
+async def cache_lock(lock_file: str) -> AsyncIterator[None]:
+    """Hold a credential cache's lock file, waiting at most LOCK_TIMEOUT_SECONDS for it."""
+    lock = filelock.FileLock(lock_file, mode=0o600)
+    try:
+        await asyncio.to_thread(lock.acquire, timeout=LOCK_TIMEOUT_SECONDS)
+    except filelock.Timeout:
+        raise ClientError(
+            f"another sft has held the credential cache for {LOCK_TIMEOUT_SECONDS:.0f} s "
+            f"({lock_file})",
+            hint="wait for it to finish, or stop it if it hangs",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class CredentialFetcher:
@@ -52,36 +71,47 @@ class CredentialFetcher:
         self._margin = margin
         self._key_line = ""
 
+    def _locked(self) -> contextlib.AbstractAsyncContextManager[None]:
+        self.cache.ensure_directories()
+        return cache_lock(self.cache.lock_file)
+
     async def route(self, call: SSHInvocation) -> Route:
         """Return a fresh route to `call.name` through `call.via`, fetching what is missing."""
-        self.cache.ensure_directories()
-        lock = filelock.FileLock(str(self.cache.lock_file), mode=0o600)
-        try:
-            await asyncio.to_thread(lock.acquire, timeout=LOCK_TIMEOUT_SECONDS)
-        except filelock.Timeout:
-            raise ClientError(
-                f"another sft has held the credential cache for {LOCK_TIMEOUT_SECONDS:.0f} s "
-                f"({self.cache.lock_file})",
-                hint="wait for it to finish, or stop it if it hangs",
-            ) from None
-        try:
+        async with self._locked():
             cached = self.cache.route(call.name, call.via, call.account, margin=self._margin)
             if cached is not None:
                 return cached
-            return await self._fetch(call)
-        finally:
-            lock.release()
+            self._key_line = self._ensure_key()
+            target = await self._named(call.name, project=call.project, account=call.account)
+            hops = await self._hops(call.via, target.bastions)
+            self.cache.rebuild_known_hosts()
+            return Route(target, hops)
 
-    async def _fetch(self, call: SSHInvocation) -> Route:
-        self._key_line = self._ensure_key()
-        target = await self._named(call.name, project=call.project, account=call.account)
+    async def hops(
+        self, via: list[str], bastions: tuple[Hop, ...]
+    ) -> tuple[ServerRecord | Hop, ...]:
+        """Return fresh hops through `via` (names), then `bastions`, each with its certificate.
+
+        What `sft rdp` uses for its bastion chain: the hops `sft ssh --via` would make.
+        """
+        async with self._locked():
+            cached = self.cache.hops(via, bastions, margin=self._margin)
+            if cached is not None:
+                return cached
+            self._key_line = self._ensure_key()
+            hops = await self._hops(via, bastions)
+            self.cache.rebuild_known_hosts()
+            return hops
+
+    async def _hops(
+        self, via: list[str], bastions: tuple[Hop, ...]
+    ) -> tuple[ServerRecord | Hop, ...]:
         hops: list[ServerRecord | Hop] = []
-        for name in call.via:
+        for name in via:
             hops.append(await self._named(name, project=None, account=""))
-        for bastion in target.bastions:
+        for bastion in bastions:
             hops.append(await self._server(bastion.server) if bastion.server else bastion)
-        self.cache.rebuild_known_hosts()
-        return Route(target, tuple(hops))
+        return tuple(hops)
 
     def _ensure_key(self) -> str:
         """Return the public key line, making the key pair first if there is none."""
@@ -110,7 +140,7 @@ class CredentialFetcher:
         now = self._clock()
         record = self.cache.fresh_server(resource, account, now=now, margin=self._margin)
         if record is not None:
-            self.cache.remember_names(record, list(names))
+            self.cache.remember_names(record.server, list(names))
             return record
         record = await self._issue(resource, account)
         self.cache.store_server(record, list(names))
