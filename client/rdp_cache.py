@@ -11,6 +11,8 @@ Layout under `teams/<team>/rdp/` (directory 0700, files 0600, every write atomic
 - `names.json`: which server each name typed by the user meant;
 - `<server name>.rdp`: the default `.rdp` file of a server.
 
+`forget()` (for `sft logout`) removes all but the key.
+
 Reads never fail: damage reads as a miss. Writers hold `lock` (see client.rdp_credentials).
 """
 
@@ -156,3 +158,19 @@ class RDPCache(TeamCache):
         write_atomic(self.certificate_file(record.server_id), record.certificate_pem.encode())
         write_atomic(self.record_file(record.server_id), json.dumps(record.as_json()).encode())
         self.remember_names(record.server, [n for n in names if not n.startswith("teams/")])
+
+    def forget(self) -> list[str]:
+        """Delete every cached certificate, server record and default .rdp file (the key stays)."""
+        import shutil
+
+        removed: list[str] = []
+        servers = self._path("servers")
+        if os.path.isdir(servers):
+            shutil.rmtree(servers)
+            removed.append(servers)
+        entries = sorted(os.listdir(self.root)) if os.path.isdir(self.root) else []
+        for entry in entries:
+            if entry.endswith(".rdp") or entry == "names.json":
+                os.unlink(self._path(entry))
+                removed.append(self._path(entry))
+        return removed

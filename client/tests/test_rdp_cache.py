@@ -127,3 +127,14 @@ def test_the_platforms_answer_becomes_a_record() -> None:
 def test_a_server_without_a_broker_is_refused_in_one_line() -> None:
     with pytest.raises(ClientError, match=r"server win-1 runs no broker; RDP needs `Broker: true`"):
         record_from_reply(_reply(broker_port=0), "PUBLIC")
+
+
+def test_forget_removes_certificates_names_and_rdp_files_but_keeps_the_key(cache: RDPCache) -> None:
+    client_record(cache, ProjectCA())
+    Path(cache.rdp_file("win-1")).write_text("full address:s:127.0.0.1:1")
+    key = ensure_client_key(cache).public_pem
+    removed = cache.forget()
+    assert len(removed) == 3
+    assert cache.lookup("win-1", key, margin=0) is None
+    assert not os.path.exists(cache.rdp_file("win-1")) and not os.path.exists(cache.names_file)
+    assert ensure_client_key(cache).public_pem == key

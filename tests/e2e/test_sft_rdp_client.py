@@ -83,8 +83,11 @@ class RDPWorld:
     def bob(self) -> Person:
         return self.world.bob
 
-    async def enroll(self, name: str, *, broker: bool = True) -> BrokerServer | None:
-        """Enroll `name` in project win the way sftd does; start its sft-broker if `broker`."""
+    async def enroll(
+        self, name: str, *, broker: bool = True, broker_args: tuple[str, ...] = ()
+    ) -> BrokerServer | None:
+        """Enroll `name` in project win the way sftd does; start its sft-broker if `broker`
+        (with `broker_args`)."""
         platform = self.world.platform
         token, _ = await platform.enrollment_token(
             self.world.admin_token, f"teams/{TEAM}/projects/win", name
@@ -126,7 +129,12 @@ class RDPWorld:
         ):
             (tls_dir / file).write_bytes(data)
         process = self.world.stack.enter_context(
-            start_broker(tls_dir, self.agent.socket_path, f"127.0.0.1:{self.target}")
+            start_broker(
+                tls_dir,
+                self.agent.socket_path,
+                f"127.0.0.1:{self.target}",
+                extra_args=broker_args,
+            )
         )
         server = BrokerServer(name, str(reply.credential.subject), process, agent_key, facts)
         await self.report_broker_port(server, process.port)
@@ -320,16 +328,37 @@ async def test_the_launched_client_gets_the_password_on_stdin_and_its_status_is_
     client.write_text(f"#!{sys.executable}\n{STAND_IN_CLIENT}")
     client.chmod(0o755)
     env = {"SFT_RDP_PROGRAM": str(client)}
-    async with holding(rdp.bob, "win-1", env=env) as running:
+    rdp_file = tmp_path / "files" / "win-1.rdp"
+    async with holding(rdp.bob, "--rdp-file", str(rdp_file), "win-1", env=env) as running:
         out, err = await asyncio.wait_for(running.process.communicate(), OUT_OF_TIME)
     assert running.process.returncode == 3, err.decode()
     account, password, echoed, argv = _text(Path(f"{client}.seen")).split("|")
     assert (account, echoed) == ("bob", "rdp hello")
     assert password == rdp.agent.passwords["bob"] and password not in argv
     assert "/from-stdin:force" in argv and "/cert:ignore" in argv
+    assert _mode(rdp_file) == 0o600 and "username:s:bob" in _text(rdp_file)
     (enabled,) = [call for call in rdp.agent.calls if call.method == "EnableAccount"]
     assert await rdp.agent.wait_disabled(enabled.grant_id)
     assert out == b"" and err == b""
+
+
+async def test_a_tunnel_after_the_grant_ended_is_refused_with_one_line(rdp: RDPWorld) -> None:
+    # A broker whose grants end one second after their last tunnel (or their start).
+    await rdp.enroll("win-3", broker_args=("--grant-seconds", "1", "--grace-seconds", "0"))
+    async with holding(rdp.bob, "--no-launch", "-o", "json", "win-3") as running:
+        connection = json.loads(await running.first_line())
+        (enabled,) = [call for call in rdp.agent.calls if call.method == "EnableAccount"]
+        await rdp.agent.wait_disabled(enabled.grant_id)
+        host, _, port = connection["address"].rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), OUT_OF_TIME) == b""
+        writer.close()
+        _, err = await running.interrupt()
+    assert running.process.returncode == 0, err
+    (line,) = err.splitlines()
+    assert line.startswith("sft: warning: the broker refused a new connection: ")
+    assert line.endswith("run `sft rdp win-3` for a new grant")
 
 
 async def test_through_a_bastion_over_ssh(rdp: RDPWorld) -> None:
