@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc.aio
 
@@ -25,7 +26,6 @@ from client.errors import PlatformUnreachable
 from client.rdp_broker import BrokerAddress, Grant, release_access, request_access
 from client.rdp_cache import RDPCache, RDPRecord
 from client.rdp_credentials import X509Fetcher, read_client_key
-from client.rdp_hops import BastionChain
 from client.rdp_launch import launch_plan, rdp_file_text, run_client, write_rdp_file
 from client.rdp_link import BrokerLink
 from client.rdp_progress import Progress
@@ -35,6 +35,9 @@ from client.ssh_cache import USABLE_FOR_SECONDS, Hop, ServerRecord, SSHCache
 from client.ssh_credentials import CredentialFetcher
 from client.ssh_run import team_or_default
 from client.state import Home, TeamDir
+
+if TYPE_CHECKING:
+    from client.rdp_hops import BastionChain
 
 __all__ = ["RDPInvocation", "run_rdp"]
 
@@ -177,6 +180,8 @@ async def _connect(
     chain = None
     address = BrokerAddress(record.address, record.broker_port, record.broker_address)
     if hops:
+        from client.rdp_hops import BastionChain  # asyncssh costs ~150 ms to import
+
         chain = BastionChain(SSHCache(team_dir.path))
         try:
             port = await chain.open(hops, record.address, record.broker_port, progress.step)
@@ -239,7 +244,7 @@ async def _hold(
             title=call.name,
         )
         status = await run_client(plan, stop)
-        if plan.waits:
+        if plan.waits or status != 0:
             return status
         # The app took the file and returned: it needs the password typed, and the tunnel.
         sys.stderr.write(
