@@ -22,7 +22,7 @@ import grpc
 import grpc.aio
 from cryptography import x509
 
-from client.errors import ClientError, describe_rpc_failure
+from client.errors import ClientError
 from client.rdp_cache import RDPRecord
 
 if TYPE_CHECKING:
@@ -40,6 +40,17 @@ __all__ = [
 ]
 
 BROKER_TIMEOUT_SECONDS = 15.0
+#: Statuses whose message is the broker's reason for saying no (shown as it is).
+_REFUSALS = frozenset(
+    {
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "NOT_FOUND",
+        "FAILED_PRECONDITION",
+        "RESOURCE_EXHAUSTED",
+        "INVALID_ARGUMENT",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -179,9 +190,12 @@ def describe_broker_failure(error: Any, address: BrokerAddress, record: RDPRecor
         )
     if status == "DEADLINE_EXCEEDED":
         return ClientError(f"the broker of {server} at {address.shown} did not answer in time")
-    if status in ("PERMISSION_DENIED", "UNAUTHENTICATED", "NOT_FOUND", "FAILED_PRECONDITION"):
+    if status in _REFUSALS:
         return ClientError(f"the broker of {server} refused: {details}")
-    return describe_rpc_failure(error, method="broker", url=address.shown)
+    return ClientError(
+        f"the broker of {server} at {address.shown} failed ({status}: {details})",
+        hint="try again, and quote this line to the server's administrator if it persists",
+    )
 
 
 async def request_access(

@@ -159,6 +159,7 @@ class EchoBroker(broker_service_pb2_grpc.BrokerServiceServicer):
         self.released: list[str] = []
         self.peer_serials: list[int] = []
         self.refuse_tunnels: grpc.StatusCode | None = None
+        self.refuse_access: grpc.StatusCode | None = None
 
     def _note_peer(self, context: grpc.aio.ServicerContext) -> None:
         pem = context.auth_context().get("x509_pem_cert", [b""])[0]
@@ -166,6 +167,8 @@ class EchoBroker(broker_service_pb2_grpc.BrokerServiceServicer):
 
     async def RequestAccess(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self._note_peer(context)
+        if self.refuse_access is not None:
+            await context.abort(self.refuse_access, "account 'bob' is not managed on this server")
         expire = Timestamp()
         expire.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
         return broker_service_pb2.RequestAccessResponse(
@@ -299,6 +302,30 @@ async def test_the_right_broker_passes_and_grants_access_over_mtls(
     finally:
         await channel.close()
     assert broker.servicer.released == ["grant-1"]
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (
+            grpc.StatusCode.NOT_FOUND,
+            "the broker of win-1 refused: account 'bob' is not managed on this server",
+        ),
+        (grpc.StatusCode.INTERNAL, "the broker of win-1 at 127.0.0.1:{port} failed (INTERNAL: "),
+    ],
+)
+async def test_a_refused_request_for_access_is_one_line(
+    cache: RDPCache, ca: ProjectCA, broker: RunningBroker, status: grpc.StatusCode, expected: str
+) -> None:
+    record = client_record(cache, ca)
+    broker.servicer.refuse_access = status
+    link = await connected_link(cache, broker, record)
+    try:
+        with pytest.raises(ClientError) as refused:
+            await request_access(link.stub, broker.address(), record)
+    finally:
+        await link.close()
+    assert refused.value.message.startswith(expected.format(port=broker.port))
 
 
 async def test_a_broker_certificate_for_another_server_is_refused_before_anything_is_sent(
