@@ -15,6 +15,7 @@ wanted=(
   "/usr/sbin/xrdp xrdp"
   "xfreerdp freerdp2-x11"
   "Xvfb xvfb"
+  "Xvnc tigervnc-standalone-server"
 )
 
 missing=()
