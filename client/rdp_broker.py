@@ -35,6 +35,7 @@ __all__ = [
     "broker_channel",
     "check_broker_identity",
     "describe_broker_failure",
+    "os_reason",
     "release_access",
     "request_access",
 ]
@@ -135,7 +136,7 @@ async def check_broker_identity(
     except (ssl.SSLError, OSError) as exc:
         raise ClientError(
             f"cannot reach the broker of {record.display_name} at {address.shown}: "
-            f"{_os_reason(exc)}",
+            f"{os_reason(exc)}",
             hint="check that sftd runs its broker there (`Broker` in sftd.yaml) and that "
             "its port is open",
         ) from None
@@ -153,7 +154,8 @@ async def check_broker_identity(
         writer.transport.abort()
 
 
-def _os_reason(exc: BaseException) -> str:
+def os_reason(exc: BaseException) -> str:
+    """Return why a connection failed, in a few lowercase words (no repeated address)."""
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed ({exc.reason or exc})"
     if isinstance(exc, OSError) and exc.errno:

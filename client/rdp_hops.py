@@ -17,6 +17,7 @@ from typing import Any
 import asyncssh
 
 from client.errors import ClientError
+from client.rdp_broker import os_reason
 from client.ssh_cache import Hop, ServerRecord, SSHCache
 
 __all__ = ["HOP_TIMEOUT_SECONDS", "BastionChain", "hop_label"]
@@ -70,8 +71,7 @@ def _hop_failure(label: str, hop: ServerRecord | Hop, exc: BaseException) -> Cli
         return ClientError(f"{label} at {where} ended the SSH connection: {exc.reason}")
     if isinstance(exc, TimeoutError):
         return ClientError(f"{label} at {where} did not answer in time")
-    reason = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else str(exc)
-    return ClientError(f"cannot reach {label} at {where}: {reason}")
+    return ClientError(f"cannot reach {label} at {where}: {os_reason(exc)}")
 
 
 class BastionChain:
