@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
 
@@ -165,6 +166,22 @@ async def test_a_refused_tunnel_raises_and_closes_the_local_connection(
     with pytest.raises(ConnectionResetError):
         await reader.read()
     writer.close()
+
+
+async def test_bytes_sent_at_once_never_hide_the_refusal(
+    stub: broker_service_pb2_grpc.BrokerServiceStub,
+) -> None:
+    # RDP clients speak first: bytes written while the broker refuses must not turn
+    # the refusal into grpc's INTERNAL (it did in about 1 of 10 before the fix).
+    for _ in range(30):
+        _reader, writer, outcome = await _local_pair(stub, "no-such-grant")
+        while not outcome.done():
+            writer.write(b"\x03\x00\x00\x13" * 1024)
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            await asyncio.sleep(0)
+        assert isinstance(outcome.result(), NotFound), outcome.result()
+        writer.close()
 
 
 async def test_a_local_reset_aborts_the_tunnel_quietly(
