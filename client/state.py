@@ -222,9 +222,11 @@ class TeamDir:
     def forget_credentials(self) -> list[Path]:
         """Delete every cached credential of this team; return what was removed.
 
-        The one hook for `sft logout`: the access token and the SSH cache's certificates
-        and server records (its key pair stays; it certifies nothing by itself).
+        The one hook for `sft logout`: the access token, the SSH and RDP caches'
+        certificates, server records and .rdp files (their keys stay; a key certifies
+        nothing by itself).
         """
+        from client.rdp_cache import RDPCache
         from client.ssh_cache import SSHCache
 
         removed = []
@@ -232,7 +234,8 @@ class TeamDir:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)
-        return removed + [Path(path) for path in SSHCache(self.path).forget()]
+        cached = SSHCache(self.path).forget() + RDPCache(self.path).forget()
+        return removed + [Path(path) for path in cached]
 
 
 class Home:

@@ -133,6 +133,17 @@ def test_logout_hook_forgets_cached_credentials(tmp_path: Path) -> None:
     assert team_dir.device_file.exists()
 
 
+def test_logout_hook_also_forgets_the_rdp_cache(tmp_path: Path) -> None:
+    from client.rdp_cache import RDPCache
+
+    team_dir = _enrolled(Home(tmp_path), "acme")
+    rdp_file = Path(RDPCache(team_dir.path).rdp_file("win-1"))
+    rdp_file.parent.mkdir(parents=True)
+    rdp_file.write_text("full address:s:127.0.0.1:3390\n")
+    assert rdp_file in team_dir.forget_credentials()
+    assert not rdp_file.exists()
+
+
 @pytest.mark.parametrize("name", ["../etc", "Acme", "", "-acme", "a" * 64, "acme/x", ".hidden"])
 def test_team_names_that_could_escape_the_teams_directory_are_refused(name: str) -> None:
     with pytest.raises(ClientError) as caught:
