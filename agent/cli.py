@@ -21,6 +21,7 @@ import click
 import structlog
 
 from agent.accounts.managed import CorruptRecord
+from agent.broker import Broker
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.daemon import (
     AccountSink,
@@ -85,11 +86,12 @@ class AccountWiring:
     control: ControlChannel | None = None
 
 
-def account_wiring(config: AgentConfig) -> AccountWiring:
+def account_wiring(config: AgentConfig, *, broker_group: int | None = None) -> AccountWiring:
     """Return the reconciler for this OS and the control channel over the same accounts.
 
     Both share one backend and one ManagedAccounts (and so its lock): a grant and a
     revocation of the same account never interleave. ManageAccounts off: a log line.
+    `broker_group`: the broker's own group, let into the control socket (mode 0660).
     """
     if not config.manage_accounts:
         return AccountWiring(LoggingAccountSink("ManageAccounts is off"))
@@ -114,13 +116,38 @@ def account_wiring(config: AgentConfig) -> AccountWiring:
     access = AccountAccess(backend, managed, zero_standing_privilege=zero_standing_privilege)
     return AccountWiring(
         Reconciler(backend, managed, zero_standing_privilege=zero_standing_privilege),
-        ControlServer(access, AgentState(config.state_dir), broker=config.broker),
+        ControlServer(
+            access, AgentState(config.state_dir), broker=config.broker, group=broker_group
+        ),
     )
 
 
 def account_sink(config: AgentConfig) -> AccountSink:
     """Return where desired account lists go: the reconciler for this OS, or a log line."""
     return account_wiring(config).sink
+
+
+def broker_wiring(config: AgentConfig) -> tuple[AccountWiring, Broker | None]:
+    """Return the account wiring and, with `Broker: true`, the broker whose grants it ends.
+
+    Finds (as root: creates) the broker's user first: the control socket opens to its group.
+    """
+    if not config.broker:
+        return account_wiring(config), None
+    from agent.broker import wire_broker
+    from agent.broker_account import broker_account
+    from agent.control import ControlServer
+    from agent.paths import current_os
+
+    account = broker_account(config.broker_user) if current_os() == "linux" else None
+    wiring = account_wiring(config, broker_group=account.group if account else None)
+    control = wiring.control
+    assert isinstance(control, ControlServer)  # Broker needs ManageAccounts (config checks)
+
+    async def fail_closed(reason: str) -> None:
+        await control.grants.disable_all(reason=f"broker: {reason}")
+
+    return wiring, wire_broker(config, fail_closed, account=account)
 
 
 def host_trust_sink(config: AgentConfig) -> HostTrustSink:
@@ -173,12 +200,16 @@ def run_command(ctx: click.Context) -> None:
     configure_logging(config.log_level)
     log.info("starting", state_dir=str(config.state_dir), pid=os.getpid())
     try:
-        wiring = account_wiring(config)
-    except CorruptRecord as error:
+        wiring, broker = broker_wiring(config)
+    except (CorruptRecord, StateError) as error:
         _fail(str(error), EXIT_FAILURE)
     sink = wiring.sink
     daemon = Daemon(
-        config, accounts=sink, host_trust=host_trust_sink(config), control=wiring.control
+        config,
+        accounts=sink,
+        host_trust=host_trust_sink(config),
+        control=wiring.control,
+        broker=broker,
     )
     if getattr(sink, "on_conflict", "absent") is None:
         sink.on_conflict = daemon.report_conflict  # type: ignore[attr-defined]
@@ -244,6 +275,7 @@ def status_document(config: AgentConfig) -> dict[str, Any]:
             "last_sync_time": _time(report.last_sync_time),
             "applied_revision": report.applied_revision,
             "managed_accounts": report.managed_accounts,
+            "broker": report.broker_state if config.broker else "disabled",
             "problems": list(report.problems),
         }
     return document
@@ -275,6 +307,7 @@ def _print_text(document: dict[str, Any]) -> None:
     click.echo(f"last heartbeat: {daemon['last_heartbeat_time'] or 'never'}")
     click.echo(f"last sync: {daemon['last_sync_time'] or 'never'}")
     click.echo(f"managed accounts: {daemon['managed_accounts']}")
+    click.echo(f"broker: {daemon['broker'] or 'unknown'}")
     for problem in daemon["problems"]:
         click.echo(f"problem: {problem}")
 

@@ -67,6 +67,13 @@ _MAX_NAME_CHARS = 64
 _MAX_PROBLEMS = 16
 #: Reaching the socket (or knowing the Windows secret) is the proof; it has no other name.
 LOCAL_CALLER = Identity(CallerKind.PLATFORM_SERVICE, "local-control")
+#: StatusReport.broker_state (the supervisor's BrokerState values) as the protobuf enum.
+_BROKER_STATES = {
+    "disabled": agent_control_pb2.BROKER_STATE_DISABLED,
+    "starting": agent_control_pb2.BROKER_STATE_STARTING,
+    "running": agent_control_pb2.BROKER_STATE_RUNNING,
+    "failed": agent_control_pb2.BROKER_STATE_FAILED,
+}
 _REASONS = {
     agent_control_pb2.DISABLE_REASON_SESSION_ENDED: "session ended",
     agent_control_pb2.DISABLE_REASON_RELEASED: "released by the client",
@@ -275,9 +282,10 @@ class AgentControlServicer(agent_control_service_pb2_grpc.AgentControlServiceSer
             platform_reachable=report.platform_reachable,
             accounts_revision=report.applied_revision,
             managed_accounts=report.managed_accounts,
-            # The broker's own state comes with the broker; until then only "off" is known.
             broker_state=(
-                agent_control_pb2.BROKER_STATE_UNSPECIFIED
+                _BROKER_STATES.get(
+                    report.broker_state or "", agent_control_pb2.BROKER_STATE_UNSPECIFIED
+                )
                 if self._broker
                 else agent_control_pb2.BROKER_STATE_DISABLED
             ),

@@ -22,11 +22,14 @@ import grpc.aio
 import structlog
 
 from agent.accounts.model import DesiredAccount, DesiredState
+from agent.broker import Broker
+from agent.broker_supervisor import BrokerState, BrokerStatus
 from agent.config import AgentConfig, ConfigError
 from agent.enrollment import Enrollment, EnrollmentTimings
 from agent.facts import facts_message, gather_facts
-from agent.host_keys import host_certificates, read_host_keys, trust_anchors
+from agent.host_keys import trust_anchors
 from agent.platform import CALL_TIMEOUT_SECONDS, AgentSession, is_transient, parse_platform_url
+from agent.renewal import CertificateRenewal
 from agent.state import AgentState, HostCertificate, ServerIdentity, StatusReport, TrustAnchors
 from runtime.backoff import Backoff
 from runtime.clock import timestamp
@@ -200,11 +203,13 @@ class Daemon:
         accounts: AccountSink,
         host_trust: HostTrustSink | None = None,
         control: ControlChannel | None = None,
+        broker: Broker | None = None,
         clock: Clock = _utc_now,
         timings: DaemonTimings | None = None,
     ) -> None:
         self.config = config
         self._control = control
+        self._broker = broker
         self.state = AgentState(config.state_dir)
         self._accounts = accounts
         self._host_trust: HostTrustSink = host_trust or NoHostTrust()
@@ -212,9 +217,26 @@ class Daemon:
         self._timings = timings or DaemonTimings()
         self._desired = _LatestDesired()
         self._problems: dict[str, str] = {}
-        self._report = StatusReport(pid=os.getpid(), updated_at=clock(), platform_reachable=False)
+        if broker is not None:
+            self._problems["broker"] = "the broker starts once this server is enrolled"
+        self._report = StatusReport(
+            pid=os.getpid(),
+            updated_at=clock(),
+            platform_reachable=False,
+            problems=tuple(self._problems.values()),
+            broker_state=(BrokerState.STARTING if broker else BrokerState.DISABLED).value,
+        )
         self.identity: ServerIdentity | None = None
         self._session: AgentSession | None = None
+        self._renewal = CertificateRenewal(
+            config,
+            self.state,
+            broker=broker.files if broker is not None else None,
+            problem=self._problem,
+            clock=clock,
+        )
+        if broker is not None:
+            broker.listener = self._broker_changed
 
     def _backoff(self) -> Backoff:
         return Backoff(self._timings.retry_initial_seconds, self._timings.retry_maximum_seconds)
@@ -225,7 +247,9 @@ class Daemon:
         The control channel (if any) serves from the start, enrolled or not, and stops
         with the daemon.
         """
-        self.state.ensure_directory()
+        self.state.ensure_directory(group=self._broker.group if self._broker else None)
+        if self._broker is not None:
+            self._broker.files.ensure_directory()
         if self._control is None:
             await self._run()
             return
@@ -249,7 +273,11 @@ class Daemon:
                     "(the default) so sftd enrolls with the token in EnrollmentTokenFile"
                 )
             enrollment = Enrollment(
-                self.config, self.state, clock=self._clock, timings=self._timings.enrollment
+                self.config,
+                self.state,
+                clock=self._clock,
+                timings=self._timings.enrollment,
+                certificates=self._renewal,
             )
             identity = await enrollment.run()
         else:
@@ -269,6 +297,8 @@ class Daemon:
                 tasks.create_task(self._heartbeats(session), name="heartbeats")
                 tasks.create_task(self._watch_accounts(session), name="watch-accounts")
                 tasks.create_task(self._apply_accounts(applied), name="apply-accounts")
+                if self._broker is not None:
+                    tasks.create_task(self._broker.supervisor.run(), name="broker")
 
     async def report_conflict(self, conflict: AccountConflictLike) -> None:
         """Tell the platform a desired account was refused (name or id taken, bad name).
@@ -324,6 +354,11 @@ class Daemon:
         if self._problems.get(source) != before:
             self._update_report()
 
+    def _broker_changed(self, status: BrokerStatus) -> None:
+        """Report the supervised broker's state, and its problem if it has one."""
+        self._problem("broker", status.problem)
+        self._update_report(broker_state=status.state.value)
+
     def _update_report(self, **changes: object) -> None:
         self._report = replace(
             self._report,
@@ -345,14 +380,12 @@ class Daemon:
             problems=problems,
             applied_accounts_revision=self._report.applied_revision,
             managed_accounts=self._report.managed_accounts,
-            broker_running=False,
+            broker_running=self._report.broker_state == BrokerState.RUNNING.value,
             active_grants=0,
         )
-        certificates = self.state.read_host_certificates()
-        if certificates:
-            status.certificates_expire_time.CopyFrom(
-                timestamp(min(c.valid_before for c in certificates))
-            )
+        expires = self._renewal.earliest_expiry()
+        if expires is not None:
+            status.certificates_expire_time.CopyFrom(timestamp(expires))
         return status
 
     # --- trust material -----------------------------------------------------------------
@@ -371,30 +404,14 @@ class Daemon:
         else:
             self._problem("host-trust", None)
 
-    async def _renew_host_certificates(self, session: AgentSession) -> None:
-        keys = await asyncio.to_thread(read_host_keys, self.config)
-        if not keys:
+    async def _renew_certificates(self, session: AgentSession) -> None:
+        """Renew host and broker certificates; install the first, wake the broker for the second."""
+        renewed = await self._renewal.renew(session)
+        if renewed is None:
             return
-        stub = agent_service_pb2_grpc.AgentServiceStub(session.channel)
-        try:
-            reply = await stub.RenewHostCertificates(
-                agent_service_pb2.RenewHostCertificatesRequest(
-                    host_public_keys=[key.public_line for key in keys]
-                ),
-                metadata=await session.metadata(),
-                timeout=CALL_TIMEOUT_SECONDS,
-            )
-        except grpc.aio.AioRpcError as error:
-            if is_transient(error):
-                return  # the next heartbeat asks again
-            log.error("host certificate renewal refused", reason=error.details())
-            self._problem("host-certificates", f"renewal refused: {error.details()}")
-            return
-        self._problem("host-certificates", None)
-        self.state.write_host_certificates(host_certificates(keys, list(reply.host_certificates)))
-        self.state.write_trust_anchors(trust_anchors(reply.trust_anchors))
-        log.info("host certificates renewed", certificates=len(reply.host_certificates))
         await self._install_host_trust()
+        if renewed.broker_certificate and self._broker is not None:
+            self._broker.supervisor.files_changed()
 
     # --- heartbeats ---------------------------------------------------------------------
 
@@ -431,8 +448,10 @@ class Daemon:
                 self.state.write_trust_anchors(anchors)
                 log.info("trust anchors changed")
                 await self._install_host_trust()
-            if reply.renew_host_certificates:
-                await self._renew_host_certificates(session)
+                if self._broker is not None and self._broker.files.expire_time() is not None:
+                    self._broker.files.store_ca(anchors.x509_ca_bundle_pem)
+            if reply.renew_host_certificates or self._renewal.broker_due():
+                await self._renew_certificates(session)
             interval = reply.next_heartbeat_seconds or self._timings.heartbeat_seconds
             # Up to 10% later, so a fleet restarted together drifts apart.
             await asyncio.sleep(interval * (1 + 0.1 * random.random()))  # noqa: S311

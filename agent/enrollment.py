@@ -22,6 +22,7 @@ import grpc.aio
 import structlog
 from cryptography.hazmat.primitives import serialization
 
+from agent.broker_tls import BrokerKey
 from agent.config import AgentConfig, ConfigError
 from agent.facts import facts_message, gather_facts
 from agent.host_keys import HostKey, host_certificates, read_host_keys, trust_anchors
@@ -35,6 +36,7 @@ from agent.platform import (
     is_transient,
     platform_channel,
 )
+from agent.renewal import CertificateRenewal
 from agent.state import AgentKey, AgentState, ServerIdentity
 from runtime.backoff import Backoff
 from runtime.errors import InvalidInput
@@ -95,6 +97,7 @@ class Enrollment:
         *,
         clock: Clock = _utc_now,
         timings: EnrollmentTimings | None = None,
+        certificates: CertificateRenewal | None = None,
     ) -> None:
         if config.platform_url is None:
             raise ConfigError(
@@ -106,6 +109,8 @@ class Enrollment:
         self.state = state
         self._clock = clock
         self._timings = timings or EnrollmentTimings()
+        #: With a broker: where its certificate goes (its CSR goes with the request).
+        self._certificates = certificates
         self._backoff = Backoff(
             self._timings.retry_initial_seconds, self._timings.retry_maximum_seconds
         )
@@ -207,10 +212,14 @@ class Enrollment:
                 f"{self.config.sshd_config_file}, else sshd's defaults); the platform "
                 "certifies them, so enrollment waits for sshd's keys"
             )
+        broker_key = None
+        if self._certificates is not None and self._certificates.broker is not None:
+            broker_key = BrokerKey.generate()
         request = agent_service_pb2.EnrollServerRequest(
             enrollment_token=code.encode(),
             agent_public_key=key.public_line,
             host_public_keys=[host_key.public_line for host_key in host_keys],
+            broker_csr_pem=broker_key.csr_pem() if broker_key is not None else "",
             facts=facts_message(facts),
         )
         try:
@@ -226,7 +235,14 @@ class Enrollment:
             raise _RetryLater(
                 f"the platform refused enrollment ({error.code().name}): {details}"
             ) from None
-        return self._store(reply, key, code, ca_pem, host_keys)
+        identity = self._store(reply, key, code, ca_pem, host_keys)
+        if broker_key is not None and self._certificates is not None:
+            # After server.json: a crash in between leaves "enrolled, no broker
+            # certificate", which the daemon renews on its first heartbeat.
+            self._certificates.store_broker_certificate(
+                broker_key, reply.broker_certificate_pem, reply.trust_anchors.x509_ca_bundle_pem
+            )
+        return identity
 
     def _store(
         self,

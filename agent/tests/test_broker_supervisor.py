@@ -36,7 +36,7 @@ from agent.control import AccountGrants
 from agent.tests.test_control import accounts, locked
 from tests.support.ports import free_port
 
-WAIT_SECONDS = 10.0
+WAIT_SECONDS = 30.0
 FAST = SupervisorTimings(
     restart_initial_seconds=0.4,
     restart_maximum_seconds=1.0,

@@ -120,9 +120,10 @@ def test_status_of_an_enrolled_server_comes_from_the_state_dir(tmp_path: Path) -
             applied_revision=12,
             managed_accounts=3,
             problems=("sshd -t failed",),
+            broker_state="failed",
         )
     )
-    conf = _conf(tmp_path, f"StateDir: {state.directory}\n")
+    conf = _conf(tmp_path, f"StateDir: {state.directory}\nBroker: true\n")
     result = sftd("--conf", str(conf), "status", "-o", "json")
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
@@ -135,10 +136,14 @@ def test_status_of_an_enrolled_server_comes_from_the_state_dir(tmp_path: Path) -
     assert daemon["last_heartbeat_time"] == NOW.isoformat()
     assert daemon["managed_accounts"] == 3
     assert daemon["problems"] == ["sshd -t failed"]
+    assert daemon["broker"] == "failed"
     text = sftd("--conf", str(conf), "status").stdout
     assert f"server: {server}" in text
     assert "platform reachable: yes" in text
     assert "problem: sshd -t failed" in text
+    assert "broker: failed" in text
+    off = _conf(tmp_path, f"StateDir: {state.directory}\nBroker: false\n")
+    assert "broker: disabled" in sftd("--conf", str(off), "status").stdout
 
 
 def test_not_enrolled_with_auto_enroll_off_is_one_line_and_exit_2(tmp_path: Path) -> None:

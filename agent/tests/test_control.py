@@ -544,12 +544,36 @@ async def test_status_reports_the_daemon_and_the_live_grants_never_a_password(
     assert status.managed_accounts == 1
     assert status.last_heartbeat_time.ToDatetime(tzinfo=dt.UTC) == heartbeat
     assert not status.HasField("last_sync_time")
-    assert status.broker_state == agent_control_pb2.BROKER_STATE_UNSPECIFIED
+    assert status.broker_state == agent_control_pb2.BROKER_STATE_UNSPECIFIED  # none reported
     assert [(g.account_name, g.grant_id) for g in status.grants] == [("alice", "g1")]
     assert status.grants[0].expire_time.ToDatetime(tzinfo=dt.UTC) == enabled.expire_time
     assert list(status.problems) == ["sshd -t failed: bad line"]
     assert status.agent_version
     assert enabled.password is not None and enabled.password not in str(status)
+
+
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [
+        ("starting", agent_control_pb2.BROKER_STATE_STARTING),
+        ("running", agent_control_pb2.BROKER_STATE_RUNNING),
+        ("failed", agent_control_pb2.BROKER_STATE_FAILED),
+        ("gibberish", agent_control_pb2.BROKER_STATE_UNSPECIFIED),
+    ],
+)
+async def test_status_reports_the_supervised_brokers_state(
+    setup: Setup, reported: str, expected: int
+) -> None:
+    report = StatusReport(
+        pid=1, updated_at=dt.datetime.now(dt.UTC), platform_reachable=False, broker_state=reported
+    )
+    server = setup.server(broker=True)
+    await server.start(lambda: report)
+    try:
+        async with ControlClient.unix(setup.socket_path) as client:
+            assert (await client.status()).broker_state == expected
+    finally:
+        await server.stop()
 
 
 # Windows' loopback listener (its ACL step is Windows-only and untested here).
