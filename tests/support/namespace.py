@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,9 +38,11 @@ _ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 # then init just waits (it is killed by pid from outside, which ends the namespace).
 # With "private-run", /run is a tmpfs too, holding sshd's privilege separation
 # directory: sshd can run in there, and nothing in there sees the machine's systemd.
+# With a hidden/keep pair, `hidden` (e.g. /root, 0700) becomes an empty 0755 tmpfs
+# holding only `keep` (the Python install under it), so other users can run Python.
 _LAUNCHER = r"""
 set -eu
-scratch=$1 run=${2:-}
+scratch=$1 run=${2:-} hidden=${3:-} keep=${4:-}
 mount -t tmpfs -o mode=0755 sft-accounts "$scratch"
 cp -a /etc "$scratch/etc"
 mkdir -m 0755 "$scratch/home"
@@ -50,6 +53,13 @@ if [ -d /var/mail ]; then mount -t tmpfs -o mode=2775 sft-accounts-mail /var/mai
 if [ "$run" = private-run ]; then
   mount -t tmpfs -o mode=0755 sft-accounts-run /run
   mkdir -m 0755 /run/sshd
+fi
+if [ -n "$hidden" ]; then
+  mkdir "$scratch/keep"
+  mount --bind "$keep" "$scratch/keep"
+  mount -t tmpfs -o mode=0755 sft-open "$hidden"
+  mkdir "$keep"
+  mount --bind "$scratch/keep" "$keep"
 fi
 echo ready
 exec sleep infinity
@@ -159,14 +169,30 @@ def require_root(what: str) -> None:
     pytest.skip(message)
 
 
+def _interpreter_mounts() -> tuple[str, str]:
+    """Return (a directory others cannot enter, its child holding this Python), or ("", "")."""
+    real = Path(sys.executable).resolve()
+    for directory in reversed(real.parents):
+        if directory != real.parents[0] and not directory.stat().st_mode & 0o001:
+            return str(directory), str(directory / real.relative_to(directory).parts[0])
+    return "", ""
+
+
 @contextmanager
 def private_system(
-    tmp_path: Path, *, cwd: Path | None = None, private_run: bool = False
+    tmp_path: Path,
+    *,
+    cwd: Path | None = None,
+    private_run: bool = False,
+    share_python: bool = False,
 ) -> Iterator[PrivateSystem]:
     """Start a private namespace with copies of /etc and an empty /home; always stop it.
 
     `private_run`: an empty /run too, with sshd's /run/sshd (for running sshd in there).
+    `share_python`: let unprivileged users run this Python (and so the venv's programs)
+    when it is installed under a directory only root can enter, such as /root.
     """
+    hidden, keep = _interpreter_mounts() if share_python else ("", "")
     require_root("account tests")
     unshare = require("unshare", shutil.which("unshare"), "run `make deps` (apt util-linux)")
     require("nsenter", shutil.which("nsenter"), "run `make deps` (apt util-linux)")
@@ -188,6 +214,8 @@ def private_system(
             "sft-accounts-namespace",
             str(scratch),
             "private-run" if private_run else "",
+            hidden,
+            keep,
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
