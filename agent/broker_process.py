@@ -1,15 +1,20 @@
 """Starting the broker's process as its own user: the one OS interface the supervisor uses.
 
-Linux: `asyncio.create_subprocess_exec` with the broker user's uid and gid and no
-supplementary groups (when sftd is root), in a session of its own so a terminal's
-signals reach sftd only. Windows: agent/broker_windows.py (Low integrity, untested
-here). Starts what it is given as an argument list; never a shell.
+Linux: `asyncio.create_subprocess_exec` in a session of its own (a terminal's signals
+reach sftd only); when sftd is root, through util-linux's `setpriv`, which takes the
+broker user's uid and gid, clears supplementary groups and sets no_new_privs before
+it execs the broker. Not Python's own `user=`/`group=`: with those CPython must fork()
+rather than vfork(), and a fork of a process running gRPC's threads runs gRPC's fork
+handlers in the child, which can abort or hang it before it execs.
+Windows: agent/broker_windows.py (Low integrity, untested here). Starts what it is
+given as an argument list; never a shell.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
@@ -105,14 +110,24 @@ class LinuxLauncher:
 
     def __init__(self, account: BrokerAccount) -> None:
         self.account = account
+        self.setpriv = shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin:/sbin")
+
+    def command(self, argv: Sequence[str]) -> tuple[list[str], dict[str, object]]:
+        """Return the argument list to run and the user switch Python must make itself."""
+        if not self.account.separate:
+            return list(argv), {}
+        uid, gid = self.account.uid, self.account.gid
+        if self.setpriv is None:
+            # Without setpriv, Python switches (and must fork(); see the module).
+            return list(argv), {"user": uid, "group": gid, "extra_groups": []}
+        switch = [self.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--nnp"]
+        return [*switch, "--", *argv], {}
 
     async def spawn(self, argv: Sequence[str]) -> BrokerProcess:
         """Start `argv` as the broker's user, stdin closed, output piped to sftd."""
-        switch: dict[str, object] = {}
-        if self.account.separate:
-            switch = {"user": self.account.uid, "group": self.account.gid, "extra_groups": []}
+        command, switch = self.command(argv)
         process = await asyncio.create_subprocess_exec(
-            *argv,
+            *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -127,6 +127,8 @@ class SupervisorTimings:
     stable_seconds: float = 60.0
     #: How often to try the broker's port until it accepts.
     probe_seconds: float = 0.2
+    #: A broker whose port does not accept by then is killed (and restarted).
+    start_timeout_seconds: float = 60.0
     #: How often to look again at what keeps the broker from starting (its certificate).
     recheck_seconds: float = 30.0
     #: How long the broker has after SIGTERM before SIGKILL.
@@ -247,10 +249,20 @@ class BrokerSupervisor:
     async def _probe(self, process: BrokerProcess) -> None:
         """Mark the broker RUNNING once its port accepts a TCP connection."""
         host, port = self.command.probe_address()
+        deadline = time.monotonic() + self._timings.start_timeout_seconds
         while True:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
             except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    log.error(
+                        "the broker does not accept connections; killing it",
+                        pid=process.pid,
+                        address=f"{host}:{port}",
+                        waited_seconds=self._timings.start_timeout_seconds,
+                    )
+                    process.kill()  # it exits, and is restarted like any other failure
+                    return
                 await asyncio.sleep(self._timings.probe_seconds)
                 continue
             writer.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import stat
@@ -44,6 +45,7 @@ FAST = SupervisorTimings(
     probe_seconds=0.02,
     recheck_seconds=0.05,
     stop_seconds=2.0,
+    start_timeout_seconds=15.0,
 )
 
 STAND_IN = """\
@@ -272,13 +274,37 @@ async def test_a_missing_program_is_failed_with_the_reason(
     assert "No such file or directory" in problem
 
 
+async def test_a_broker_that_never_listens_is_killed_and_restarted(
+    tmp_path: Path, grants: AccountGrants
+) -> None:
+    port, watch = free_port(), Watch()
+    program = stand_in(tmp_path, before_listen="time.sleep(600)")
+    supervisor = supervisor_for(program, port, tmp_path, grants, watch)
+    supervisor._timings = dataclasses.replace(FAST, start_timeout_seconds=0.5)
+    async with supervised(supervisor):
+        await until(lambda: supervisor.restarts >= 1, "a restart")
+    assert next(reason for kind, reason in watch.events if kind == "fail_closed") == (
+        "the broker exited with status -9"
+    )
+    assert BrokerState.RUNNING not in watch.states()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
-async def test_as_root_the_broker_runs_as_its_user_with_no_other_groups(tmp_path: Path) -> None:
+@pytest.mark.parametrize("setpriv", [True, False])
+async def test_as_root_the_broker_runs_as_its_user_with_no_other_groups(setpriv: bool) -> None:
     nobody = BrokerAccount("nobody", 65534, 65534, separate=True)
-    process = await LinuxLauncher(nobody).spawn(["/usr/bin/id"])
+    launcher = LinuxLauncher(nobody)
+    if not setpriv:
+        launcher.setpriv = None  # Python switches users itself
+    command, _ = launcher.command(["/usr/bin/id"])
+    assert (command[0] == "/usr/bin/setpriv") is setpriv
+    process = await launcher.spawn(["/usr/bin/id"])
     output = b"".join([line async for line in process.lines()]).decode()
     assert await process.wait() == 0
     assert output.startswith("uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)")
+    if setpriv:  # and it cannot gain privileges back (setuid programs are inert)
+        status = await launcher.spawn(["/bin/grep", "NoNewPrivs", "/proc/self/status"])
+        assert b"".join([line async for line in status.lines()]).split() == [b"NoNewPrivs:", b"1"]
 
 
 def test_the_command_line_is_sft_brokers() -> None:

@@ -207,6 +207,7 @@ async def test_sftd_runs_the_broker_as_its_user_and_fails_closed_when_it_is_kill
         assert process["Uid"].split() == [str(uid)] * 4
         assert process["Gid"].split() == [str(gid)] * 4
         assert process["Groups"] == ""
+        assert process["NoNewPrivs"] == "1"
         _, writer = await asyncio.open_connection("127.0.0.1", broker_port)
         writer.close()
 
