@@ -93,7 +93,10 @@ class TunnelPump:
                 # target (rule 7) instead of half-closing it (rule 4).
                 await asyncio.sleep(_CANCEL_SETTLE_SECONDS)
                 if writer.can_write_eof():
-                    writer.write_eof()
+                    # The target may have closed already (RDP servers close first): then
+                    # there is no write side left to shut, and that is the normal end.
+                    with contextlib.suppress(OSError):
+                        writer.write_eof()
                 return
             if request.HasField("open"):
                 raise InvalidInput("a tunnel takes one `open`, in its first message only")

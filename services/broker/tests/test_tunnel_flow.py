@@ -4,6 +4,7 @@ idle timeout, flow control, and a client certificate expiring under an open tunn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -118,6 +119,29 @@ async def test_target_half_close_sends_one_close_write_and_the_client_may_still_
     assert await call.read() is grpc.aio.EOF
     assert await call.code() is grpc.StatusCode.OK
     assert _LATE == [b"late bytes"]
+
+
+async def _closing_target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Say goodbye and close both ways at once, as an RDP server ends a session."""
+    writer.write(b"goodbye")
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize("target_handler", [_closing_target], indirect=True)
+async def test_client_bytes_and_eof_after_the_target_closed_end_the_call_cleanly(
+    world: BrokerWorld,
+) -> None:
+    # The client sends after the target has gone (its kernel answers with a reset) and
+    # then half-closes: there is no write side left to shut, which must not be a crash.
+    call = await _opened(world)
+    assert (await call.read()).data.payload == b"goodbye"
+    assert (await call.read()).HasField("close_write")
+    await call.write(_data(b"late"))  # the target's kernel answers with a reset
+    await asyncio.sleep(0.2)
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        await call.done_writing()
+    assert await call.code() in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
 
 
 async def test_client_cancel_resets_the_target_connection(
