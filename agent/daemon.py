@@ -21,10 +21,17 @@ import grpc
 import grpc.aio
 import structlog
 
-from agent.accounts.model import DesiredAccount, DesiredState
 from agent.broker import Broker
 from agent.broker_supervisor import BrokerState, BrokerStatus
 from agent.config import AgentConfig, ConfigError
+from agent.desired_accounts import (
+    CONFLICT_KINDS,
+    AccountConflictLike,
+    AccountSink,
+    LatestDesired,
+    LoggingAccountSink,
+    desired_state,
+)
 from agent.enrollment import Enrollment, EnrollmentTimings
 from agent.facts import facts_message, gather_facts
 from agent.host_keys import trust_anchors
@@ -60,13 +67,6 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class AccountSink(Protocol):
-    """Where desired account lists go (the reconciler). Raising means "not applied"."""
-
-    async def apply(self, state: DesiredState) -> object:
-        """Make the machine's accounts match `state` (a complete list)."""
-
-
 class HostTrustSink(Protocol):
     """Where the project's trust material goes (the sshd integration).
 
@@ -91,22 +91,6 @@ class ControlChannel(Protocol):
         """Stop serving and disable the accounts grants still hold enabled."""
 
 
-class LoggingAccountSink:
-    """An AccountSink that changes nothing and logs what it was given, saying `why`."""
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    async def apply(self, state: DesiredState) -> None:
-        """Log the desired list."""
-        log.info(
-            "desired accounts not applied",
-            why=self.why,
-            revision=state.revision,
-            accounts=[account.name for account in state.accounts][:100],
-        )
-
-
 class NoHostTrust:
     """A HostTrustSink that installs nothing: the files stay in the state dir only."""
 
@@ -114,28 +98,6 @@ class NoHostTrust:
         self, anchors: TrustAnchors, certificates: tuple[HostCertificate, ...]
     ) -> None:
         """Do nothing."""
-
-
-def desired_state(message: agent_service_pb2.WatchAccountsResponse) -> DesiredState:
-    """Return a WatchAccounts message as the reconciler's plain values."""
-    return DesiredState(
-        revision=message.revision,
-        accounts=tuple(
-            DesiredAccount(
-                name=account.name,
-                user=account.user,
-                uid=account.uid,
-                gid=account.gid,
-                primary_group=account.primary_group,
-                supplementary_groups=tuple(sorted(account.supplementary_groups)),
-                admin=account.admin,
-                windows_name=account.windows_name,
-                full_name=account.full_name,
-            )
-            for account in message.accounts
-        ),
-        create_missing=message.create_missing,
-    )
 
 
 @dataclass(frozen=True)
@@ -147,50 +109,6 @@ class DaemonTimings:
     #: Used when the platform names no interval.
     heartbeat_seconds: float = 60.0
     enrollment: EnrollmentTimings = field(default_factory=EnrollmentTimings)
-
-
-class _LatestDesired:
-    """A one-slot queue: only the newest desired list matters, so only it is kept."""
-
-    def __init__(self) -> None:
-        self.state: DesiredState | None = None
-        self._changed = asyncio.Condition()
-
-    async def offer(self, state: DesiredState) -> None:
-        """Keep `state` if it is newer than the one held."""
-        async with self._changed:
-            if self.state is None or state.revision > self.state.revision:
-                self.state = state
-                self._changed.notify_all()
-
-    async def newer_than(self, revision: int) -> DesiredState:
-        """Return the held list once its revision is above `revision`."""
-        async with self._changed:
-            await self._changed.wait_for(
-                lambda: self.state is not None and self.state.revision > revision
-            )
-            assert self.state is not None
-            return self.state
-
-
-class _ConflictKindLike(Protocol):
-    value: str
-
-
-class AccountConflictLike(Protocol):
-    """What the reconciler says about a refused account (agent.accounts.reconcile)."""
-
-    name: str
-    kind: _ConflictKindLike
-    detail: str
-
-
-_CONFLICT_KINDS = {
-    "name_in_use": agent_pb2.ACCOUNT_CONFLICT_KIND_NAME_IN_USE,
-    "uid_in_use": agent_pb2.ACCOUNT_CONFLICT_KIND_UID_IN_USE,
-    "gid_in_use": agent_pb2.ACCOUNT_CONFLICT_KIND_GID_IN_USE,
-    "name_invalid": agent_pb2.ACCOUNT_CONFLICT_KIND_NAME_INVALID,
-}
 
 
 class Daemon:
@@ -215,7 +133,7 @@ class Daemon:
         self._host_trust: HostTrustSink = host_trust or NoHostTrust()
         self._clock = clock
         self._timings = timings or DaemonTimings()
-        self._desired = _LatestDesired()
+        self._desired = LatestDesired()
         self._problems: dict[str, str] = {}
         if broker is not None:
             self._problems["broker"] = "the broker starts once this server is enrolled"
@@ -310,7 +228,7 @@ class Daemon:
         session = self._session
         if session is None:
             return
-        kind = _CONFLICT_KINDS.get(conflict.kind.value, agent_pb2.ACCOUNT_CONFLICT_KIND_UNSPECIFIED)
+        kind = CONFLICT_KINDS.get(conflict.kind.value, agent_pb2.ACCOUNT_CONFLICT_KIND_UNSPECIFIED)
         stub = agent_service_pb2_grpc.AgentServiceStub(session.channel)
         try:
             await stub.ReportAccountConflict(

@@ -4,11 +4,16 @@ kept, and a list the reconciler failed to apply retried, never skipped."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from pathlib import Path
 
 from agent.accounts.model import DesiredState
+from agent.broker import wire_broker
+from agent.broker_account import BrokerAccount
 from agent.config import AgentConfig
-from agent.daemon import Daemon, DaemonTimings, _LatestDesired, desired_state
+from agent.daemon import Daemon, DaemonTimings
+from agent.desired_accounts import LatestDesired, desired_state
 from agent.state import AgentState
 from sft.inventory.v1 import account_pb2, agent_pb2, agent_service_pb2
 
@@ -47,7 +52,7 @@ def test_a_watch_message_becomes_a_desired_state() -> None:
 
 
 async def test_only_the_newest_list_is_kept() -> None:
-    latest = _LatestDesired()
+    latest = LatestDesired()
     await latest.offer(_state(3))
     await latest.offer(_state(5))
     await latest.offer(_state(4))  # older than what is held: dropped
@@ -127,3 +132,36 @@ async def test_a_revision_already_applied_is_not_applied_again(tmp_path: Path) -
         await asyncio.sleep(0.01)
     applier.cancel()
     assert sink.applied == [8]
+
+
+async def test_the_brokers_state_and_problem_reach_the_status_report(tmp_path: Path) -> None:
+    config = AgentConfig.model_validate({"StateDir": str(tmp_path / "state"), "Broker": True})
+    ended: list[str] = []
+
+    async def fail_closed(reason: str) -> None:
+        ended.append(reason)
+
+    own = BrokerAccount("self", os.geteuid(), os.getegid(), separate=False)
+    broker = wire_broker(config, fail_closed, account=own, program=tmp_path / "sft-broker")
+    daemon = Daemon(config, accounts=FlakySink(failures=0), broker=broker, timings=FAST)
+    daemon.state.ensure_directory()
+    assert daemon._report.broker_state == "starting"
+    assert daemon._report.problems == ("the broker starts once this server is enrolled",)
+
+    supervisor = asyncio.create_task(broker.supervisor.run())
+    try:
+        for _ in range(100):
+            report = daemon.state.read_status()
+            if report is not None and "no server certificate yet" in " ".join(report.problems):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
+    assert report is not None and report.broker_state == "starting"
+    (problem,) = report.problems
+    assert problem.startswith("the broker has no server certificate yet")
+    status = daemon._agent_status()
+    assert status.health == agent_pb2.AGENT_HEALTH_DEGRADED and not status.broker_running
+    assert ended == [], "a broker that never started has no grants to end"
