@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from agent.broker_tls import CERTIFICATE_FILE
-from tests.e2e.test_agent_broker import _broker_pids, _password_status, _running
+from tests.e2e.test_agent_broker import _broker_pids, _password_status, _running, open_dir
 from tests.e2e.test_agent_sshd import _until
 from tests.e2e.test_sft_rdp_client import holding
 from tests.support.namespace import PrivateSystem, private_system, require_root
@@ -38,6 +36,7 @@ from tests.support.sshd import write_private_key
 from tests.support.xrdp import XRDPServer, running_xrdp
 
 pytestmark = pytest.mark.e2e
+__all__ = ["open_dir"]  # the fixture: a state dir parent the broker's user can enter
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SFTD = Path(sys.executable).parent / "sftd"
@@ -65,17 +64,6 @@ def system(tmp_path: Path) -> Iterator[PrivateSystem]:
         require_program(tool, package)
     with private_system(tmp_path, cwd=REPOSITORY, private_run=True, share_python=True) as private:
         yield private
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """sftd's state dir parent: the broker's user must enter it (tmp_path is root's, 0700)."""
-    directory = Path(tempfile.mkdtemp(prefix="sft-rdp-", dir="/tmp"))
-    directory.chmod(0o755)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @asynccontextmanager
