@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from agent.broker_tls import CERTIFICATE_FILE
 from tests.e2e.test_agent_broker import _broker_pids, _password_status, _running, open_dir
 from tests.e2e.test_agent_sshd import _until
-from tests.e2e.test_sft_rdp_client import holding
 from tests.support.namespace import PrivateSystem, private_system, require_root
 from tests.support.ports import free_port
+from tests.support.rdp_world import holding
 from tests.support.real_software import require_program
 from tests.support.ssh_world import TEAM, World, ssh_world
 from tests.support.sshd import write_private_key
