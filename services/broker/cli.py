@@ -52,7 +52,13 @@ def _non_negative(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sft-broker", description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", type=_endpoint, required=True, metavar="HOST:PORT")
+    parser.add_argument(
+        "--listen",
+        type=_endpoint,
+        required=True,
+        metavar="HOST:PORT",
+        help="where to serve mTLS gRPC (sftd: BrokerListenAddress:BrokerPort)",
+    )
     parser.add_argument(
         "--tls-dir",
         type=Path,
@@ -74,12 +80,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the RDP service tunnels reach",
     )
-    parser.add_argument("--grace-seconds", type=_non_negative, default=60, metavar="N")
-    parser.add_argument("--grant-seconds", type=_positive, default=300, metavar="N")
-    parser.add_argument("--max-tunnels", type=_positive, default=1000, metavar="N")
-    parser.add_argument("--max-tunnels-per-user", type=_positive, default=64, metavar="N")
-    parser.add_argument("--idle-timeout-seconds", type=_positive, default=3600, metavar="N")
-    parser.add_argument("--metrics-listen", type=_endpoint, default=None, metavar="HOST:PORT")
+    for flag, kind, default, meaning in (
+        ("--grace-seconds", _non_negative, 60, "after a grant's last tunnel closes, before "
+         "the account is disabled (sftd: SessionGracePeriod)"),
+        ("--grant-seconds", _positive, 300, "how long a grant waits for its first tunnel"),
+        ("--max-tunnels", _positive, 1000, "tunnels open at once, in all"),
+        ("--max-tunnels-per-user", _positive, 64, "tunnels open at once, per person"),
+        ("--idle-timeout-seconds", _positive, 3600, "close a tunnel after this long with no "
+         "bytes either way"),
+    ):  # fmt: skip
+        parser.add_argument(
+            flag, type=kind, default=default, metavar="N", help=f"{meaning} [{default}]"
+        )
+    parser.add_argument(
+        "--metrics-listen",
+        type=_endpoint,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over plain HTTP here (default: none)",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
