@@ -15,13 +15,15 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 import structlog
 
 from agent.accounts.managed import CorruptRecord
 from agent.broker import Broker
+from agent.cli_exit import EXIT_FAILURE, EXIT_NOT_ENROLLED, EXIT_USAGE
+from agent.cli_exit import fail as _fail
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.daemon import (
     AccountSink,
@@ -32,22 +34,13 @@ from agent.daemon import (
     NoHostTrust,
 )
 from agent.paths import default_paths
+from agent.service_cli import service_group
 from agent.state import AgentState, StateError
 from runtime.logging import configure_logging
 
 __all__ = ["EXIT_NOT_ENROLLED", "main"]
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-#: `sftd status` when this server is not enrolled (yet).
-EXIT_NOT_ENROLLED = 3
-
 log = structlog.get_logger("sftd")
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"sftd: error: {message}", err=True)
-    sys.exit(code)
 
 
 def _config(ctx: click.Context) -> AgentConfig:
@@ -333,3 +326,6 @@ def status_command(ctx: click.Context, output: str) -> None:
         _print_text(document)
     if not document["enrolled"]:
         sys.exit(EXIT_NOT_ENROLLED)
+
+
+main.add_command(service_group)
