@@ -33,6 +33,7 @@ from agent.daemon import (
     LoggingAccountSink,
     NoHostTrust,
 )
+from agent.log_file import log_to_file
 from agent.paths import default_paths
 from agent.service_cli import service_group
 from agent.state import AgentState, StateError
@@ -191,7 +192,10 @@ def run_command(ctx: click.Context) -> None:
     """Run the agent: enroll if needed, heartbeat, keep accounts as the platform says."""
     config = _config(ctx)
     configure_logging(config.log_level)
-    log.info("starting", state_dir=str(config.state_dir), pid=os.getpid())
+    log_problem = log_to_file(config.log_dir)
+    log.info(
+        "starting", state_dir=str(config.state_dir), log_dir=str(config.log_dir), pid=os.getpid()
+    )
     try:
         wiring, broker = broker_wiring(config)
     except (CorruptRecord, StateError) as error:
@@ -203,6 +207,7 @@ def run_command(ctx: click.Context) -> None:
         host_trust=host_trust_sink(config),
         control=wiring.control,
         broker=broker,
+        problems={"log": log_problem} if log_problem else None,
     )
     if getattr(sink, "on_conflict", "absent") is None:
         sink.on_conflict = daemon.report_conflict  # type: ignore[attr-defined]

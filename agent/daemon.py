@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -124,7 +124,9 @@ class Daemon:
         broker: Broker | None = None,
         clock: Clock = _utc_now,
         timings: DaemonTimings | None = None,
+        problems: Mapping[str, str] | None = None,
     ) -> None:
+        """`problems`: found before the daemon was made (by source), e.g. an unusable LogDir."""
         self.config = config
         self._control = control
         self._broker = broker
@@ -134,7 +136,7 @@ class Daemon:
         self._clock = clock
         self._timings = timings or DaemonTimings()
         self._desired = LatestDesired()
-        self._problems: dict[str, str] = {}
+        self._problems: dict[str, str] = dict(problems or {})
         if broker is not None:
             self._problems["broker"] = "the broker starts once this server is enrolled"
         self._report = StatusReport(
