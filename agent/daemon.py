@@ -10,6 +10,7 @@ as it was until the platform answers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import random
@@ -136,6 +137,8 @@ class Daemon:
         self._clock = clock
         self._timings = timings or DaemonTimings()
         self._desired = LatestDesired()
+        #: Set when a call succeeds after the platform was unreachable: wakes the retry waits.
+        self._platform_back = asyncio.Event()
         self._problems: dict[str, str] = dict(problems or {})
         if broker is not None:
             self._problems["broker"] = "the broker starts once this server is enrolled"
@@ -349,12 +352,11 @@ class Daemon:
                     timeout=CALL_TIMEOUT_SECONDS,
                 )
             except grpc.aio.AioRpcError as error:
-                await asyncio.sleep(self._failed("heartbeat", error, session, backoff))
+                await self._pause(self._failed("heartbeat", error, session, backoff))
                 continue
             backoff.reset()
             now = self._clock()
-            self._problem("platform", None)
-            self._update_report(platform_reachable=True, last_heartbeat_time=now)
+            self._reached(last_heartbeat_time=now)
             skew = reply.server_time.ToDatetime(tzinfo=dt.UTC) - now
             if abs(skew) > CLOCK_SKEW_WARNING:
                 log.warning(
@@ -374,7 +376,29 @@ class Daemon:
                 await self._renew_certificates(session)
             interval = reply.next_heartbeat_seconds or self._timings.heartbeat_seconds
             # Up to 10% later, so a fleet restarted together drifts apart.
-            await asyncio.sleep(interval * (1 + 0.1 * random.random()))  # noqa: S311
+            await self._pause(interval * (1 + 0.1 * random.random()))  # noqa: S311
+
+    def _reached(self, **changes: object) -> None:
+        """Note that a call to the platform succeeded (and `changes` to the report).
+
+        When the platform was unreachable, this also wakes the other loop's wait, so a
+        heartbeat follows a reconnected account stream (and the other way round) at once
+        instead of after its backoff or interval.
+        """
+        back = not self._report.platform_reachable
+        if back:
+            self._platform_back.set()
+        if back or changes:
+            # A heartbeat (it brings changes) also clears a refusal; a stream message
+            # clears only the unreachable platform: heartbeats have their own verdict.
+            self._problems.pop("platform", None)
+            self._update_report(platform_reachable=True, **changes)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the platform answers again meanwhile."""
+        self._platform_back.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._platform_back.wait(), seconds)
 
     def _failed(
         self, what: str, error: grpc.aio.AioRpcError, session: AgentSession, backoff: Backoff
@@ -416,6 +440,7 @@ class Daemon:
                 )
                 async for message in call:
                     backoff.reset()
+                    self._reached()
                     state = desired_state(message)
                     log.info(
                         "desired accounts received",
@@ -439,7 +464,7 @@ class Daemon:
             finally:
                 if call is not None:
                     call.cancel()
-            await asyncio.sleep(delay)
+            await self._pause(delay)
 
     async def _apply_accounts(self, applied: int) -> None:
         backoff = self._backoff()
