@@ -13,7 +13,11 @@ from services.broker.limits import TunnelLimits
 from tests.support.broker import TestPKI
 
 ME = BrokerIdentity("acme", "win", "srv-1")
-NOW = dt.datetime.now(dt.UTC)
+
+
+def _now() -> dt.datetime:
+    """The time now: per test, since a module-level one goes stale in a long run."""
+    return dt.datetime.now(dt.UTC)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +26,7 @@ def pki() -> TestPKI:
 
 
 def test_a_client_certificate_names_its_user_and_account(pki: TestPKI) -> None:
-    caller = PeerIdentities(ME).identify(pki.client_cert("alice", "adm1", "srv-1").cert_pem, NOW)
+    caller = PeerIdentities(ME).identify(pki.client_cert("alice", "adm1", "srv-1").cert_pem, _now())
     assert (caller.team, caller.project, caller.user, caller.account) == (
         "acme",
         "win",
@@ -65,8 +69,9 @@ def test_a_client_certificate_names_its_user_and_account(pki: TestPKI) -> None:
             PermissionDenied,
             "project other/win",
         ),
-        ({"not_after": NOW - dt.timedelta(seconds=1)}, Unauthenticated, "expired"),
-        ({"not_before": NOW + dt.timedelta(minutes=5)}, Unauthenticated, "not valid until"),
+        # Times as offsets from the test's own now.
+        ({"not_after": dt.timedelta(seconds=-1)}, Unauthenticated, "expired"),
+        ({"not_before": dt.timedelta(minutes=5)}, Unauthenticated, "not valid until"),
     ],
     ids=[
         "server-auth-only",
@@ -85,25 +90,29 @@ def test_a_client_certificate_names_its_user_and_account(pki: TestPKI) -> None:
 def test_refusals(
     pki: TestPKI, kwargs: dict[str, object], error: type[Exception], words: str
 ) -> None:
-    cert = pki.client_cert(**kwargs)  # type: ignore[arg-type]
+    now = _now()
+    given = {k: now + v if isinstance(v, dt.timedelta) else v for k, v in kwargs.items()}
+    cert = pki.client_cert(**given)  # type: ignore[arg-type]
     with pytest.raises(error, match=words):
-        PeerIdentities(ME).identify(cert.cert_pem, NOW)
+        PeerIdentities(ME).identify(cert.cert_pem, now)
 
 
 def test_no_or_unparsable_certificate_is_unauthenticated() -> None:
     identities = PeerIdentities(ME)
     with pytest.raises(Unauthenticated, match="no client certificate"):
-        identities.identify(None, NOW)
+        identities.identify(None, _now())
     with pytest.raises(Unauthenticated, match="cannot be parsed"):
-        identities.identify(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", NOW)
+        garbled = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        identities.identify(garbled, _now())
 
 
 def test_a_cached_certificate_is_still_checked_against_the_time(pki: TestPKI) -> None:
     identities = PeerIdentities(ME)
-    cert = pki.client_cert(not_after=NOW + dt.timedelta(minutes=1)).cert_pem
-    identities.identify(cert, NOW)
+    now = _now()
+    cert = pki.client_cert(not_after=now + dt.timedelta(minutes=1)).cert_pem
+    identities.identify(cert, now)
     with pytest.raises(Unauthenticated, match="expired"):
-        identities.identify(cert, NOW + dt.timedelta(minutes=2))
+        identities.identify(cert, now + dt.timedelta(minutes=2))
 
 
 def test_the_broker_learns_its_server_from_its_certificate(pki: TestPKI) -> None:
