@@ -1,7 +1,8 @@
 """The caller's side of sftd's local control channel: what the broker uses to enable accounts.
 
-Self-contained (grpc, the generated stubs and runtime.errors only), so the broker can
-use it without importing the agent. Never logs the one-time password it receives.
+Self-contained (grpc, the generated stubs, runtime.errors and runtime.status_errors
+only), so the broker can use it without importing the agent. Never logs the one-time
+password it receives.
 """
 
 from __future__ import annotations
@@ -16,14 +17,10 @@ import grpc
 import grpc.aio
 
 from runtime.errors import (
-    FailedPrecondition,
-    InvalidInput,
-    NotFound,
-    PermissionDenied,
     SftError,
-    Unauthenticated,
     Unavailable,
 )
+from runtime.status_errors import refusal
 from sft.agent.v1 import (
     agent_control_pb2,
     agent_control_service_pb2,
@@ -46,14 +43,6 @@ SOCKET_NAME = "control.sock"
 ENDPOINT_FILE = "control.endpoint"
 #: Every call gives up after this long: enabling is a couple of local OS calls.
 CALL_TIMEOUT_SECONDS = 15.0
-
-_ERRORS: dict[grpc.StatusCode, type[SftError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-}
 
 
 @dataclass(frozen=True)
@@ -206,9 +195,9 @@ class ControlClient:
 
     def _error(self, error: grpc.aio.AioRpcError) -> SftError:
         """Return sftd's refusal as a domain error; transport failures become Unavailable."""
-        kind = _ERRORS.get(error.code())
-        if kind is not None:
-            return kind(error.details() or error.code().name)
+        refused = refusal(error.code(), error.details())
+        if refused is not None:
+            return refused
         return Unavailable(
             f"sftd's control channel at {self._where} did not answer "
             f"({error.code().name}: {error.details()}); is sftd running?"

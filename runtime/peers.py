@@ -15,16 +15,11 @@ from pathlib import Path
 import grpc
 
 from runtime.errors import (
-    Conflict,
-    FailedPrecondition,
-    InvalidInput,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
     SftError,
     Unavailable,
 )
 from runtime.service_identity import service_channel
+from runtime.status_errors import refusal
 from runtime.tls import service_tls_files
 
 __all__ = ["Peers", "relay"]
@@ -91,16 +86,6 @@ class Peers:
             await channel.close()
 
 
-_RELAYED: dict[grpc.StatusCode, type[SftError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: Conflict,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-}
-
-
 def relay(error: grpc.aio.AioRpcError, service: str) -> SftError:
     """Turn another service's refusal into our own error for the caller.
 
@@ -108,9 +93,14 @@ def relay(error: grpc.aio.AioRpcError, service: str) -> SftError:
     message; anything else (the peer is down, or refused *our* service certificate) is
     UNAVAILABLE, because the caller can do nothing about it but retry or tell an operator.
     """
-    kind = _RELAYED.get(error.code())
-    if kind is not None:
-        return kind(error.details() or f"the {service} service refused the request")
+    refused = refusal(
+        error.code(),
+        error.details(),
+        default=f"the {service} service refused the request",
+        unauthenticated=False,
+    )
+    if refused is not None:
+        return refused
     return Unavailable(
         f"the {service} service could not be reached or failed "
         f"({error.code().name}: {error.details() or 'no detail'}); try again, and tell the "

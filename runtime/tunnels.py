@@ -19,15 +19,11 @@ import grpc.aio
 import structlog
 
 from runtime.errors import (
-    FailedPrecondition,
     InvalidInput,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
     SftError,
-    Unauthenticated,
     Unavailable,
 )
+from runtime.status_errors import refusal
 from sft.broker.v1 import broker_pb2, broker_service_pb2, broker_service_pb2_grpc
 
 __all__ = [
@@ -43,15 +39,6 @@ log = structlog.get_logger("sft.tunnel")
 #: The largest `data` payload either side sends or accepts (broker.proto `Frame`).
 MAX_FRAME_BYTES = 65536
 
-_ERRORS: dict[grpc.StatusCode, type[SftError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-}
-
 
 def check_frame(payload: bytes) -> None:
     """Raise InvalidInput unless `payload` is 1 to MAX_FRAME_BYTES bytes (broker.proto `Frame`)."""
@@ -66,9 +53,9 @@ def check_frame(payload: bytes) -> None:
 
 def tunnel_error(code: grpc.StatusCode, details: str | None) -> SftError:
     """Return the broker's refusal as a domain error; anything unexpected is Unavailable."""
-    kind = _ERRORS.get(code)
-    if kind is not None:
-        return kind(details or code.name)
+    refused = refusal(code, details)
+    if refused is not None:
+        return refused
     return Unavailable(f"the broker ended the tunnel ({code.name}: {details or 'no detail'})")
 
 
