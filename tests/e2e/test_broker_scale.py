@@ -11,7 +11,6 @@ of tunnels, not with the bytes they carry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from runtime.tunnels import carry_connection
 from sft.broker.v1 import broker_service_pb2, broker_service_pb2_grpc
 from tests.support.broker import TestPKI, broker_channel, serve_agent_control_stub, start_broker
+from tests.support.rdp_world import echo
 
 pytestmark = pytest.mark.e2e
 
@@ -42,21 +42,12 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.write_eof()
-    writer.close()
-
-
 async def test_200_concurrent_tunnels_carry_their_bytes_with_bounded_broker_memory(
     tmp_path: Path,
 ) -> None:
     pki = TestPKI()
     tls_dir = pki.write_tls_dir(tmp_path / "tls")
-    target = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    target = await asyncio.start_server(echo, "127.0.0.1", 0)
     target_port = target.sockets[0].getsockname()[1]
     limits = ("--max-tunnels-per-user", str(TUNNELS), "--max-tunnels", str(TUNNELS))
     with (

@@ -38,7 +38,7 @@ from tests.support.cli import SFT_BIN, Person
 from tests.support.platform import key_assertion, public_key_line
 from tests.support.ssh_world import TEAM, World, ssh_world
 
-__all__ = ["OUT_OF_TIME", "BrokerServer", "Holding", "RDPWorld", "holding", "rdp_world"]
+__all__ = ["OUT_OF_TIME", "BrokerServer", "Holding", "RDPWorld", "echo", "holding", "rdp_world"]
 
 #: How long a test waits for `sft rdp` to print or to exit.
 OUT_OF_TIME = 30.0
@@ -162,7 +162,8 @@ def _csr(key: ec.EllipticCurvePrivateKey, name: str) -> str:
     return request.public_bytes(serialization.Encoding.PEM).decode()
 
 
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A TCP echo server's connection handler, standing in for the RDP service."""
     with contextlib.suppress(OSError):
         while data := await reader.read(65536):
             writer.write(data)
@@ -181,7 +182,7 @@ def _agent(tmp_path: Path) -> Iterator[AgentControlStub]:
 async def rdp_world(tmp_path: Path) -> AsyncIterator[RDPWorld]:
     """ssh_world plus project win granted to bob, the stand-in agent, an echo target and
     win-1 enrolled with a real sft-broker; all stopped afterwards."""
-    target = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    target = await asyncio.start_server(echo, "127.0.0.1", 0)
     port = int(target.sockets[0].getsockname()[1])
     try:
         async with ssh_world(tmp_path) as world:
