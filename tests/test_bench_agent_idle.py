@@ -20,5 +20,6 @@ async def test_quick_agent_idle_run_reports_rss_and_cpu() -> None:
     assert result.unit == "MiB"
     # An enrolled sftd (grpc, the platform stream) holds more than a bare interpreter.
     assert math.isfinite(result.candidate) and result.candidate > result.baseline > 0
-    assert result.notes["cpu_percent_of_one_core"] >= 0
-    assert result.notes["window_seconds"] > 0
+    cpu, window = result.notes["cpu_percent_of_one_core"], result.notes["window_seconds"]
+    assert isinstance(cpu, float) and cpu >= 0
+    assert isinstance(window, float) and window > 0
