@@ -180,13 +180,14 @@ def _hold_tunnels(port: int, count: int) -> list[socket.socket]:
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    from tests.support.ports import listening
+
     deadline = time.monotonic() + _START_TIMEOUT_SECONDS
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if listening(port):
+            return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not listen on {port} in time")
         time.sleep(0.05)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -34,7 +33,8 @@ from client.ssh_args import parse_ssh_args
 from client.ssh_cache import SSHCache
 from client.ssh_command import ssh_argv
 from tests.support.cli import SFT_BIN
-from tests.support.ports import free_port
+from tests.support.ports import free_port, listening
+from tests.support.processes import stop_process
 from tests.support.rdp_world import rdp_world
 from tests.support.ssh_world import TEAM
 
@@ -44,29 +44,14 @@ _QUICK_RUNS = 2
 _WAIT_SECONDS = 30.0
 
 
-def _accepts(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _until_accepting(process: subprocess.Popen[bytes], port: int, started: float) -> float:
     """Poll until 127.0.0.1:`port` accepts; return ms since `started`."""
     deadline = started + _WAIT_SECONDS
-    while not _accepts(port):
+    while not listening(port):
         if process.poll() is not None or time.perf_counter() > deadline:
             raise RuntimeError(f"{process.args!r} never opened port {port}")
         time.sleep(0.002)
     return (time.perf_counter() - started) * 1000
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _forward_ms(argv: list[str], port: int, env: dict[str, str]) -> float:
@@ -76,7 +61,7 @@ def _forward_ms(argv: list[str], port: int, env: dict[str, str]) -> float:
     try:
         return _until_accepting(process, port, started)
     finally:
-        _stop(process)
+        stop_process(process, 10)
 
 
 def _sft_rdp_ms(env: dict[str, str]) -> float:
@@ -97,7 +82,7 @@ def _sft_rdp_ms(env: dict[str, str]) -> float:
         port = int(json.loads(line)["address"].rpartition(":")[2])
         return _until_accepting(process, port, started)
     finally:
-        _stop(process)
+        stop_process(process, 10)
 
 
 async def _measure(quick: bool) -> dict[str, float]:

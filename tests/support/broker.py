@@ -17,8 +17,6 @@ import asyncio
 import datetime as dt
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,7 +37,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from runtime.cert_uris import account_uri, server_uri, user_uri
 from runtime.clock import timestamp
 from sft.agent.v1 import agent_control_service_pb2, agent_control_service_pb2_grpc
-from tests.support.ports import free_port
+from tests.support.ports import free_port, listening
+from tests.support.processes import stop_process
 
 __all__ = [
     "BROKER_BIN",
@@ -267,20 +266,7 @@ class BrokerProcess:
 
     def stop(self, timeout: float = 15) -> int:
         """SIGTERM, wait, SIGKILL if needed; return the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+        return stop_process(self.process, timeout)
 
 
 @contextmanager
@@ -318,7 +304,7 @@ def start_broker(
     broker = BrokerProcess(port, tls_dir, log_path, process, metrics_port)
     try:
         deadline = time.monotonic() + timeout_seconds
-        while not _listening(port):
+        while not listening(port):
             if process.poll() is not None:
                 raise RuntimeError(f"sft-broker exited {process.returncode}:\n{broker.log()}")
             if time.monotonic() > deadline:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import select
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import stop_process
 from tests.support.real_software import require_program
 
 __all__ = ["RDPClient", "rdp_client", "virtual_display"]
@@ -173,11 +173,5 @@ def _read_display(descriptor: int) -> int | None:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int:
-    """Send SIGTERM to `process` (by its pid) unless it has exited; SIGKILL on timeout."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=_STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait()
+    """Stop `process` (SIGTERM, then SIGKILL after _STOP_TIMEOUT_SECONDS); its status."""
+    return stop_process(process, _STOP_TIMEOUT_SECONDS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.ports import free_port
+from tests.support.processes import stop_process
 
 __all__ = ["PLATFORM_BIN", "PlatformProcess", "run_platform", "tls_channel"]
 
@@ -105,11 +105,4 @@ class PlatformProcess:
         """Send SIGTERM and wait; kill if it does not exit in time. Return the exit code."""
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
+        return stop_process(self.process, timeout)

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.support.ports import free_port
+from tests.support.processes import wait_for_line
 from tests.support.real_software import require
 
 __all__ = [
@@ -115,19 +116,9 @@ class SSHDServer:
         sshd writes some lines (the disconnect, a session's end) after the client has
         already exited, so a test waits for the line rather than reading once.
         """
-        wanted = re.compile(pattern)
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            for line in self.log_text(since).splitlines():
-                if wanted.search(line):
-                    return line
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"sshd did not log /{pattern}/ within {timeout_seconds}s; "
-                    f"its log since the mark:\n{self.log_text(since)}",
-                    pytrace=False,
-                )
-            time.sleep(0.02)
+        return wait_for_line(
+            lambda: self.log_text(since), pattern, what="sshd", timeout_seconds=timeout_seconds
+        )
 
     def set_trusted_user_ca_keys(self, text: str) -> None:
         """Replace the TrustedUserCAKeys file; sshd rereads it on every authentication."""

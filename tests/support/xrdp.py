@@ -40,6 +40,7 @@ import pytest
 from tests.support.freerdp import rdp_client
 from tests.support.namespace import PrivateSystem
 from tests.support.ports import free_port
+from tests.support.processes import wait_for_line
 from tests.support.real_software import require, require_program
 
 __all__ = ["SESSION_MARKER", "LoginResult", "XRDPServer", "running_xrdp"]
@@ -203,19 +204,13 @@ class XRDPServer:
         sesman logs a session's end (`++ terminated session:  username U, …`) after the
         window manager exits, so a test waits for the line rather than reading once.
         """
-        wanted = re.compile(pattern)
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            for line in self.sesman_log(since).splitlines():
-                if wanted.search(line):
-                    return line
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"xrdp-sesman did not log /{pattern}/ within {timeout_seconds:.1f}s; "
-                    f"its log since the mark:\n{self.sesman_log(since)}",
-                    pytrace=False,
-                )
-            time.sleep(0.05)
+        return wait_for_line(
+            lambda: self.sesman_log(since),
+            pattern,
+            what="xrdp-sesman",
+            timeout_seconds=timeout_seconds,
+            poll_seconds=0.05,
+        )
 
     def _path(self, path: str) -> Path:
         """Return `path` inside the namespace, as this process reaches it."""
